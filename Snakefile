@@ -1,0 +1,20 @@
+# COVID-19 vs non-COVID viral pneumonia chest X-ray pipeline (research and teaching only;
+# not a diagnostic tool). Data flows one way:
+# raw -> manifest -> splits -> augmented -> store -> model_01 -> model_02 -> model_03 -> reports.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/acquire.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    input:
+        DATA_OUTPUTS,
+    default_target: True

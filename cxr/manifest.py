@@ -1,0 +1,172 @@
+"""The manifest: one row per usable image, and one row per excluded file with its reason.
+
+Reads the acquired raw folders only (``data/raw/...``); writes nothing itself (the manifest
+script writes the two tables). Every image goes through :func:`cxr.images.load_rgb`, so an
+unreadable file is excluded with its reason instead of stopping the run.
+
+Rules (Cohen et al. 2020 metadata; Kermany et al. 2018 file names):
+
+- COVID: a ``metadata.csv`` row whose ``finding`` names one of ``covid_findings``, whose
+  ``modality`` is ``X-ray`` and whose ``view`` is frontal (PA, AP, AP Supine by default).
+  Patient: ``ieee8023:<patientid>``.
+- non-COVID: Kermany files named ``personN_virus_M.jpeg``. Patient: ``kermany-<split>:personN``
+  (the same N in the Kermany train and test folders is not the same child).
+- Exact duplicates (same sha256): the first path (sorted) is kept, the others excluded; an
+  image found in both classes is excluded from both.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from cxr.images import ImageError, load_rgb, sniff_format
+from cxr.sources import file_hash
+
+COLUMNS = [
+    "path", "label", "source", "patient_id", "view", "finding",
+    "sha256", "width", "height", "mode", "format",
+]
+EXCLUDED_COLUMNS = ["path", "label", "source", "patient_id", "reason", "detail"]
+#: Columns ``metadata.csv`` must have (upstream spelling).
+REQUIRED_METADATA = ("patientid", "finding", "view", "modality", "filename")
+KERMANY_FILE = re.compile(r"^person(\d+)_virus_\d+\.jpeg$")
+
+
+class MetadataError(ValueError):
+    """``metadata.csv`` lacks a required column; the message names the file and column."""
+
+
+def read_metadata(path) -> pd.DataFrame:
+    """Read the covid-chestxray-dataset ``metadata.csv`` as strings.
+
+    Raises
+    ------
+    MetadataError naming the file and the missing column(s), with the closest column name
+    found when only the spelling differs (e.g. ``patient_id`` for ``patientid``).
+    """
+    meta = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in REQUIRED_METADATA if c not in meta.columns]
+    if missing:
+        norm = {re.sub(r"[^a-z]", "", c.lower()): c for c in meta.columns}
+        hints = [
+            f"'{c}' (found '{norm[c]}')" if c in norm else f"'{c}'"
+            for c in missing
+        ]
+        raise MetadataError(f"{path}: missing required column(s) {', '.join(hints)}")
+    return meta
+
+
+def _describe(path: Path, label, source, patient_id, view, finding, min_side, max_pixels):
+    """Load one image; return a manifest row, or raise ImageError."""
+    rgb = load_rgb(path, min_side=min_side, max_pixels=max_pixels)
+    from PIL import Image
+
+    with Image.open(path) as im:
+        mode = im.mode
+    return {
+        "path": path.as_posix(), "label": label, "source": source, "patient_id": patient_id,
+        "view": view, "finding": finding, "sha256": file_hash(path),
+        "width": rgb.shape[1], "height": rgb.shape[0], "mode": mode, "format": sniff_format(path),
+    }
+
+
+def _exclude(path, label, source, patient_id, reason, detail=""):
+    return {
+        "path": Path(path).as_posix(), "label": label, "source": source,
+        "patient_id": patient_id, "reason": reason, "detail": detail,
+    }
+
+
+def covid_candidates(covid_dir, *, covid_findings, modality, views):
+    """Yield ``(kind, dict)`` for each metadata row: ``("take", row)`` or ``("exclude", row)``."""
+    covid_dir = Path(covid_dir)
+    meta = read_metadata(covid_dir / "metadata.csv")
+    findings = [f.lower() for f in covid_findings]
+    seen = set()
+    for rec in meta.to_dict("records"):
+        path = covid_dir / "images" / rec["filename"]
+        pid = f"ieee8023:{rec['patientid']}"
+        is_covid = any(f in rec["finding"].lower() for f in findings)
+        label = "covid" if is_covid else ""
+        ex = lambda reason, detail="": ("exclude", _exclude(path, label, "ieee8023", pid, reason, detail))  # noqa: E731,B023
+        if rec["modality"] != modality:
+            yield ex("not X-ray", f"modality {rec['modality']}")
+        elif not is_covid:
+            yield ex("other finding", rec["finding"])
+        elif rec["view"] not in views:
+            yield ex("not frontal view", f"view {rec['view']}")
+        elif rec["filename"] in seen:
+            yield ex("duplicate row", "filename listed twice in metadata.csv")
+        elif not path.is_file():
+            yield ex("missing file", "listed in metadata.csv, no file")
+        else:
+            seen.add(rec["filename"])
+            yield "take", dict(path=path, label="covid", source="ieee8023", patient_id=pid,
+                               view=rec["view"], finding=rec["finding"])
+
+
+def kermany_candidates(kermany_dir):
+    """Yield ``("take", dict)`` for each Kermany ``personN_virus_M.jpeg`` (sorted by path)."""
+    kermany_dir = Path(kermany_dir)
+    for path in sorted(kermany_dir.glob("*/PNEUMONIA/*")):
+        m = KERMANY_FILE.match(path.name)
+        if not m:
+            continue
+        split = path.parent.parent.name
+        yield "take", dict(path=path, label="non_covid", source=f"kermany-{split}",
+                           patient_id=f"kermany-{split}:person{m.group(1)}", view="",
+                           finding="viral pneumonia")
+
+
+def build_manifest(covid_dir, kermany_dir, *, covid_findings=("COVID-19",), modality="X-ray",
+                   views=("PA", "AP", "AP Supine"), min_side=128, max_pixels=50_000_000):
+    """Build the manifest and the excluded table from the two raw folders.
+
+    Returns
+    -------
+    (manifest, excluded) : two DataFrames with :data:`COLUMNS` and :data:`EXCLUDED_COLUMNS`,
+    sorted by path, so the same inputs give byte-identical CSV files.
+
+    Raises
+    ------
+    MetadataError if ``metadata.csv`` lacks a required column.
+    """
+    taken, excluded = [], []
+    cands = list(covid_candidates(covid_dir, covid_findings=covid_findings,
+                                  modality=modality, views=views))
+    cands += list(kermany_candidates(kermany_dir))
+    for kind, rec in cands:
+        if kind == "exclude":
+            excluded.append(rec)
+            continue
+        try:
+            taken.append(_describe(min_side=min_side, max_pixels=max_pixels, **rec))
+        except ImageError as err:
+            excluded.append(_exclude(rec["path"], rec["label"], rec["source"], rec["patient_id"],
+                                     err.reason, str(err)))
+    df = pd.DataFrame(taken, columns=COLUMNS).sort_values("path", ignore_index=True)
+    # The same image under two labels cannot be trusted for either: drop both.
+    labels_per_hash = df.groupby("sha256")["label"].transform("nunique")
+    for rec in df[labels_per_hash > 1].to_dict("records"):
+        excluded.append(_exclude(rec["path"], rec["label"], rec["source"], rec["patient_id"],
+                                 "same image in both classes", rec["sha256"]))
+    df = df[labels_per_hash <= 1]
+    # Exact duplicates under other names: keep the first path.
+    dup = df.duplicated("sha256", keep="first")
+    first = df.drop_duplicates("sha256").set_index("sha256")["path"]
+    for rec in df[dup].to_dict("records"):
+        excluded.append(_exclude(rec["path"], rec["label"], rec["source"], rec["patient_id"],
+                                 "duplicate image", f"same sha256 as {first[rec['sha256']]}"))
+    df = df[~dup].reset_index(drop=True)
+    ex = pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS).sort_values(["path", "reason"],
+                                                                      ignore_index=True)
+    return df, ex
+
+
+def write_csv(df: pd.DataFrame, path) -> None:
+    """Write a table as CSV with fixed formatting (``\\n`` line ends, no index)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False, lineterminator="\n")

@@ -1,0 +1,25 @@
+"""Rule acquire_*: fetch one raw source into data/raw/ (or the weights into models/pretrained/).
+
+Usage: python scripts/acquire.py {covid,kermany,weights} --out PATH [--mirror DIR] [...]
+"""
+
+import argparse
+
+from cxr import sources
+
+p = argparse.ArgumentParser(description=__doc__)
+p.add_argument("what", choices=["covid", "kermany", "weights"])
+p.add_argument("--out", required=True, help="output folder (or .h5 file for weights)")
+p.add_argument("--mirror", default="", help="local mirror folder with SHA256SUMS")
+p.add_argument("--url", default="", help="upstream URL (base URL for covid)")
+p.add_argument("--sha256", default="", help="expected sha256 of the Kermany archive")
+p.add_argument("--weights", default="", help="local VGG19 notop .h5 to copy")
+a = p.parse_args()
+mirror = a.mirror or None
+if a.what == "covid":
+    n = sources.acquire_covid(a.out, mirror=mirror, base_url=a.url)
+elif a.what == "kermany":
+    n = sources.acquire_kermany(a.out, mirror=mirror, url=a.url, sha256=a.sha256 or None)
+else:
+    n = sources.acquire_weights(a.out, source=a.weights or None)
+print(f"acquire {a.what}: {n} -> {a.out}")

@@ -1,0 +1,35 @@
+"""Rule augment: grow the training COVID images to augment.target with the imgaug recipe."""
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from cxr.augment import augment_one, plan
+from cxr.images import load_rgb
+from cxr.manifest import COLUMNS, write_csv
+from cxr.sources import file_hash
+
+p = argparse.ArgumentParser(description=__doc__)
+p.add_argument("--train", required=True, help="data/splits/train.csv")
+p.add_argument("--images", required=True, help="folder for the augmented PNGs")
+p.add_argument("--csv", required=True, help="augmented.csv to write")
+p.add_argument("--seed", type=int, required=True)
+p.add_argument("--target", type=int, required=True)
+a = p.parse_args()
+train = pd.read_csv(a.train, dtype={"patient_id": str})
+covid = train[train["label"] == "covid"].set_index("path")
+out = Path(a.images)
+out.mkdir(parents=True, exist_ok=True)
+rows = []
+for index, parent, seed in plan(list(covid.index), a.target, a.seed):
+    img = augment_one(load_rgb(parent), seed)
+    path = out / f"aug_{index:05d}_{Path(parent).stem}.png"
+    Image.fromarray(img).save(path)
+    rec = covid.loc[parent]
+    rows.append({**rec.to_dict(), "path": path.as_posix(), "source": "augmented",
+                 "sha256": file_hash(path), "width": img.shape[1], "height": img.shape[0],
+                 "mode": "RGB", "format": "PNG", "parent": parent, "seed": seed})
+write_csv(pd.DataFrame(rows, columns=COLUMNS + ["parent", "seed"]), a.csv)
+print(f"augment: {len(covid)} training COVID images + {len(rows)} augmented = {len(covid) + len(rows)}")

@@ -1,0 +1,30 @@
+"""Rule split: manifest.csv -> data/splits/{train,val,test}.csv (patient-level, seeded)."""
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from cxr.manifest import write_csv
+from cxr.split import SPLITS, split_manifest
+
+p = argparse.ArgumentParser(description=__doc__)
+p.add_argument("--manifest", required=True)
+p.add_argument("--outdir", required=True, help="folder for train.csv, val.csv, test.csv")
+p.add_argument("--seed", type=int, required=True)
+p.add_argument("--test_per_class", type=int, required=True)
+p.add_argument("--val_fraction", type=float, required=True)
+p.add_argument("--max_per_class", default="None", help="int or None")
+a = p.parse_args()
+cap = None if a.max_per_class in ("None", "null", "") else int(a.max_per_class)
+splits = split_manifest(
+    pd.read_csv(a.manifest, dtype={"patient_id": str}),
+    seed=a.seed,
+    test_per_class=a.test_per_class,
+    val_fraction=a.val_fraction,
+    max_per_class=cap,
+)
+for name in SPLITS:
+    write_csv(splits[name], Path(a.outdir) / f"{name}.csv")
+    counts = splits[name].groupby("label")["patient_id"].agg(["size", "nunique"])
+    print(f"{name}: images/patients per class\n{counts.to_string()}")

@@ -1,0 +1,68 @@
+"""Shared fixtures: the real mirror beside the checkout, and one smoke run of the workflow.
+
+The smoke run copies the tracked files of this checkout into a temporary folder and runs
+``snakemake`` there with the smoke overlay, so tests never write into the checkout or the
+read-only mirror (``../shared/data``; override with ``CXR_SHARED``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CXR_SHARED", REPO.parent / "shared")).resolve()
+MIRROR = SHARED / "data"
+WEIGHTS = SHARED / "weights" / "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+def copy_checkout(dest: Path) -> Path:
+    """Copy the files git tracks or would track (not ignored) into ``dest``; return it."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, check=True, capture_output=True, text=True,
+    ).stdout.split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run snakemake in ``workdir`` with the smoke overlay and the real mirror."""
+    cmd = [
+        sys.executable, "-m", "snakemake", "--cores", "2",
+        "--configfile", "tests/config/smoke.yaml",
+        "--config", f"mirror={MIRROR}", f"pretrained_weights={WEIGHTS}",
+        *args,
+    ]
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        logs = "".join(
+            f"\n--- {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").glob("*.log"))
+        ) if (workdir / "logs").is_dir() else ""
+        raise AssertionError(f"snakemake failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}{logs}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    """The real data mirror; skips (never passes) when it is not beside the checkout."""
+    if not (MIRROR / "SHA256SUMS").is_file():
+        pytest.skip(f"no data mirror at {MIRROR} (set CXR_SHARED)")
+    return MIRROR
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, mirror) -> Path:
+    """A temporary copy of the checkout where the whole smoke workflow has run once."""
+    workdir = copy_checkout(tmp_path_factory.mktemp("smoke"))
+    snakemake(workdir)
+    return workdir
