@@ -31,7 +31,7 @@ def build_recipe(seed: int | None = None):
     import imgaug as ia
     import imgaug.augmenters as iaa
 
-    return iaa.Sequential(
+    recipe = iaa.Sequential(
         [
             iaa.Fliplr(0.5),
             iaa.Flipud(0.2),
@@ -55,9 +55,12 @@ def build_recipe(seed: int | None = None):
                 ],
                 random_order=True,
             ),
-        ],
-        seed=seed,
+        ]
     )
+    if seed is not None:
+        # seed_() reseeds the children too (Sequential(seed=...) would seed only the parent).
+        recipe.seed_(seed)
+    return recipe
 
 
 def image_seed(seed: int, index: int) -> int:

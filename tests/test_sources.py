@@ -1,0 +1,124 @@
+"""Acquire: mirror copies verified by checksum, safe archive extraction, weights md5."""
+
+import hashlib
+import os
+import stat
+import zipfile
+
+import pytest
+
+from cxr import sources
+
+
+def make_mirror(root, files: dict[str, bytes], corrupt: str | None = None):
+    lines = []
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        lines.append(f"{hashlib.sha256(data).hexdigest()}  {rel}")
+    (root / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    if corrupt:
+        (root / corrupt).write_bytes(b"flipped")
+    return root
+
+
+def test_mirror_copy_verifies_and_writes_lock(tmp_path):
+    files = {
+        "covid-chestxray-dataset/metadata.csv": b"a,b\n",
+        "covid-chestxray-dataset/images/x.jpg": b"\x01\x02",
+        "chest_xray/train/PNEUMONIA/person1_virus_1.jpeg": b"v",
+    }
+    mirror = make_mirror(tmp_path / "m", files)
+    out = tmp_path / "out"
+    assert sources.copy_from_mirror(mirror, "covid-chestxray-dataset", out) == 2
+    assert (out / "images/x.jpg").read_bytes() == b"\x01\x02"
+    lock = sources.read_sums(out / "SHA256SUMS")
+    assert lock == {
+        "images/x.jpg": hashlib.sha256(b"\x01\x02").hexdigest(),
+        "metadata.csv": hashlib.sha256(b"a,b\n").hexdigest(),
+    }
+
+
+def test_mirror_checksum_mismatch_names_the_file(tmp_path):
+    files = {"chest_xray/train/PNEUMONIA/person1_virus_1.jpeg": b"good"}
+    mirror = make_mirror(tmp_path / "m", files, corrupt=next(iter(files)))
+    with pytest.raises(sources.ChecksumError, match="person1_virus_1.jpeg: checksum mismatch"):
+        sources.copy_from_mirror(mirror, "chest_xray", tmp_path / "out")
+    assert not (tmp_path / "out/train/PNEUMONIA/person1_virus_1.jpeg").exists()
+
+
+def test_kermany_mirror_takes_only_viral_files(tmp_path):
+    files = {
+        "chest_xray/train/PNEUMONIA/person1_virus_1.jpeg": b"v1",
+        "chest_xray/train/PNEUMONIA/person1_bacteria_2.jpeg": b"b",
+        "chest_xray/train/NORMAL/IM-0001.jpeg": b"n",
+        "chest_xray/test/PNEUMONIA/person1_virus_9.jpeg": b"v2",
+    }
+    mirror = make_mirror(tmp_path / "m", files)
+    out = tmp_path / "k"
+    assert sources.acquire_kermany(out, mirror=mirror, url="unused") == 2
+    got = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpeg"))
+    assert got == ["test/PNEUMONIA/person1_virus_9.jpeg", "train/PNEUMONIA/person1_virus_1.jpeg"]
+
+
+def _zip(path, members):
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members:
+            if isinstance(data, zipfile.ZipInfo):
+                zf.writestr(data, b"target")
+            else:
+                zf.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize("bad", ["../evil.jpeg", "/abs/evil.jpeg", "a/../../evil.jpeg"])
+def test_safe_extract_refuses_traversal(tmp_path, bad):
+    z = _zip(tmp_path / "a.zip", [("chest_xray/ok.jpeg", b"x"), (bad, b"y")])
+    with pytest.raises(ValueError, match="unsafe member"):
+        sources.safe_extract(z, tmp_path / "out", lambda n: n)
+    assert not (tmp_path / "evil.jpeg").exists()
+
+
+def test_safe_extract_refuses_symlink(tmp_path):
+    info = zipfile.ZipInfo("chest_xray/link.jpeg")
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    z = _zip(tmp_path / "a.zip", [("x", info)])
+    with pytest.raises(ValueError, match="symbolic link"):
+        sources.safe_extract(z, tmp_path / "out", lambda n: n)
+
+
+def test_safe_extract_selects_and_strips_prefix(tmp_path):
+    z = _zip(
+        tmp_path / "a.zip",
+        [
+            ("ZhangLabData/chest_xray/train/PNEUMONIA/person3_virus_7.jpeg", b"v"),
+            ("ZhangLabData/chest_xray/train/PNEUMONIA/person3_bacteria_8.jpeg", b"b"),
+        ],
+    )
+
+    def select(name):
+        m = sources.KERMANY_VIRUS.search(name)
+        return m.group(1) if m else None
+
+    assert sources.safe_extract(z, tmp_path / "out", select) == 1
+    assert (tmp_path / "out/train/PNEUMONIA/person3_virus_7.jpeg").read_bytes() == b"v"
+
+
+def test_weights_md5_mismatch_is_refused(tmp_path):
+    fake = tmp_path / "fake.h5"
+    fake.write_bytes(b"not weights")
+    out = tmp_path / "models/pretrained" / sources.WEIGHTS_FILE
+    with pytest.raises(sources.ChecksumError, match="fake.h5: checksum mismatch"):
+        sources.acquire_weights(out, source=fake)
+    assert not out.exists() and not os.listdir(out.parent)
+
+
+def test_weights_from_keras_cache(tmp_path, monkeypatch, mirror):
+    # The real file, found where Keras keeps it ($KERAS_HOME/models/), copied and md5-checked.
+    real = mirror.parent / "weights" / sources.WEIGHTS_FILE
+    (tmp_path / "keras/models").mkdir(parents=True)
+    os.symlink(real, tmp_path / "keras/models" / sources.WEIGHTS_FILE)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    out = sources.acquire_weights(tmp_path / "w.h5")
+    assert sources.file_hash(out, "md5") == sources.WEIGHTS_MD5
