@@ -11,12 +11,15 @@ Rules (Cohen et al. 2020 metadata; Kermany et al. 2018 file names):
   Patient: ``ieee8023:<patientid>``.
 - non-COVID: Kermany files named ``personN_virus_M.jpeg``. Patient: ``kermany-<split>:personN``
   (the same N in the Kermany train and test folders is not the same child).
-- Exact duplicates (same sha256): the first path (sorted) is kept, the others excluded; an
-  image found in both classes is excluded from both.
+- Exact duplicates (same file sha256, or same decoded pixels under another encoding): the
+  first path (sorted) is kept, the others excluded; an image found in both classes is
+  excluded from both. The mirror has one pixel-identical pair filed under two ieee8023
+  patients (78 and 201), which a file-hash check alone would let leak across splits.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -26,13 +29,23 @@ from cxr.images import ImageError, load_rgb, sniff_format
 from cxr.sources import file_hash
 
 COLUMNS = [
-    "path", "label", "source", "patient_id", "view", "finding",
-    "sha256", "width", "height", "mode", "format",
+    "path",
+    "label",
+    "source",
+    "patient_id",
+    "view",
+    "finding",
+    "sha256",
+    "pixel_sha256",
+    "width",
+    "height",
+    "mode",
+    "format",
 ]
 EXCLUDED_COLUMNS = ["path", "label", "source", "patient_id", "reason", "detail"]
 #: Columns ``metadata.csv`` must have (upstream spelling).
 REQUIRED_METADATA = ("patientid", "finding", "view", "modality", "filename")
-KERMANY_FILE = re.compile(r"^person(\d+)_virus_\d+\.jpeg$")
+KERMANY_FILE = re.compile(r"^person(\d+)_virus_\d+(?:_\d+)?\.jpeg$")
 
 
 class MetadataError(ValueError):
@@ -51,10 +64,7 @@ def read_metadata(path) -> pd.DataFrame:
     missing = [c for c in REQUIRED_METADATA if c not in meta.columns]
     if missing:
         norm = {re.sub(r"[^a-z]", "", c.lower()): c for c in meta.columns}
-        hints = [
-            f"'{c}' (found '{norm[c]}')" if c in norm else f"'{c}'"
-            for c in missing
-        ]
+        hints = [f"'{c}' (found '{norm[c]}')" if c in norm else f"'{c}'" for c in missing]
         raise MetadataError(f"{path}: missing required column(s) {', '.join(hints)}")
     return meta
 
@@ -67,16 +77,29 @@ def _describe(path: Path, label, source, patient_id, view, finding, min_side, ma
     with Image.open(path) as im:
         mode = im.mode
     return {
-        "path": path.as_posix(), "label": label, "source": source, "patient_id": patient_id,
-        "view": view, "finding": finding, "sha256": file_hash(path),
-        "width": rgb.shape[1], "height": rgb.shape[0], "mode": mode, "format": sniff_format(path),
+        "path": path.as_posix(),
+        "label": label,
+        "source": source,
+        "patient_id": patient_id,
+        "view": view,
+        "finding": finding,
+        "sha256": file_hash(path),
+        "pixel_sha256": hashlib.sha256(rgb.tobytes()).hexdigest(),
+        "width": rgb.shape[1],
+        "height": rgb.shape[0],
+        "mode": mode,
+        "format": sniff_format(path),
     }
 
 
 def _exclude(path, label, source, patient_id, reason, detail=""):
     return {
-        "path": Path(path).as_posix(), "label": label, "source": source,
-        "patient_id": patient_id, "reason": reason, "detail": detail,
+        "path": Path(path).as_posix(),
+        "label": label,
+        "source": source,
+        "patient_id": patient_id,
+        "reason": reason,
+        "detail": detail,
     }
 
 
@@ -90,22 +113,24 @@ def covid_candidates(covid_dir, *, covid_findings, modality, views):
         path = covid_dir / "images" / rec["filename"]
         pid = f"ieee8023:{rec['patientid']}"
         is_covid = any(f in rec["finding"].lower() for f in findings)
-        label = "covid" if is_covid else ""
-        ex = lambda reason, detail="": ("exclude", _exclude(path, label, "ieee8023", pid, reason, detail))  # noqa: E731,B023
+        reason = detail = None
         if rec["modality"] != modality:
-            yield ex("not X-ray", f"modality {rec['modality']}")
+            reason, detail = "not X-ray", f"modality {rec['modality']}"
         elif not is_covid:
-            yield ex("other finding", rec["finding"])
+            reason, detail = "other finding", rec["finding"]
         elif rec["view"] not in views:
-            yield ex("not frontal view", f"view {rec['view']}")
+            reason, detail = "not frontal view", f"view {rec['view']}"
         elif rec["filename"] in seen:
-            yield ex("duplicate row", "filename listed twice in metadata.csv")
+            reason, detail = "duplicate row", "filename listed twice in metadata.csv"
         elif not path.is_file():
-            yield ex("missing file", "listed in metadata.csv, no file")
-        else:
-            seen.add(rec["filename"])
-            yield "take", dict(path=path, label="covid", source="ieee8023", patient_id=pid,
-                               view=rec["view"], finding=rec["finding"])
+            reason, detail = "missing file", "listed in metadata.csv, no file"
+        if reason:
+            label = "covid" if is_covid else ""
+            yield "exclude", _exclude(path, label, "ieee8023", pid, reason, detail)
+            continue
+        seen.add(rec["filename"])
+        take = dict(path=path, label="covid", source="ieee8023", patient_id=pid)
+        yield "take", take | {"view": rec["view"], "finding": rec["finding"]}
 
 
 def kermany_candidates(kermany_dir):
@@ -116,13 +141,29 @@ def kermany_candidates(kermany_dir):
         if not m:
             continue
         split = path.parent.parent.name
-        yield "take", dict(path=path, label="non_covid", source=f"kermany-{split}",
-                           patient_id=f"kermany-{split}:person{m.group(1)}", view="",
-                           finding="viral pneumonia")
+        yield (
+            "take",
+            dict(
+                path=path,
+                label="non_covid",
+                source=f"kermany-{split}",
+                patient_id=f"kermany-{split}:person{m.group(1)}",
+                view="",
+                finding="viral pneumonia",
+            ),
+        )
 
 
-def build_manifest(covid_dir, kermany_dir, *, covid_findings=("COVID-19",), modality="X-ray",
-                   views=("PA", "AP", "AP Supine"), min_side=128, max_pixels=50_000_000):
+def build_manifest(
+    covid_dir,
+    kermany_dir,
+    *,
+    covid_findings=("COVID-19",),
+    modality="X-ray",
+    views=("PA", "AP", "AP Supine"),
+    min_side=128,
+    max_pixels=50_000_000,
+):
     """Build the manifest and the excluded table from the two raw folders.
 
     Returns
@@ -135,8 +176,9 @@ def build_manifest(covid_dir, kermany_dir, *, covid_findings=("COVID-19",), moda
     MetadataError if ``metadata.csv`` lacks a required column.
     """
     taken, excluded = [], []
-    cands = list(covid_candidates(covid_dir, covid_findings=covid_findings,
-                                  modality=modality, views=views))
+    cands = list(
+        covid_candidates(covid_dir, covid_findings=covid_findings, modality=modality, views=views)
+    )
     cands += list(kermany_candidates(kermany_dir))
     for kind, rec in cands:
         if kind == "exclude":
@@ -145,24 +187,51 @@ def build_manifest(covid_dir, kermany_dir, *, covid_findings=("COVID-19",), moda
         try:
             taken.append(_describe(min_side=min_side, max_pixels=max_pixels, **rec))
         except ImageError as err:
-            excluded.append(_exclude(rec["path"], rec["label"], rec["source"], rec["patient_id"],
-                                     err.reason, str(err)))
+            excluded.append(
+                _exclude(
+                    rec["path"],
+                    rec["label"],
+                    rec["source"],
+                    rec["patient_id"],
+                    err.reason,
+                    str(err),
+                )
+            )
     df = pd.DataFrame(taken, columns=COLUMNS).sort_values("path", ignore_index=True)
     # The same image under two labels cannot be trusted for either: drop both.
     labels_per_hash = df.groupby("sha256")["label"].transform("nunique")
     for rec in df[labels_per_hash > 1].to_dict("records"):
-        excluded.append(_exclude(rec["path"], rec["label"], rec["source"], rec["patient_id"],
-                                 "same image in both classes", rec["sha256"]))
+        excluded.append(
+            _exclude(
+                rec["path"],
+                rec["label"],
+                rec["source"],
+                rec["patient_id"],
+                "same image in both classes",
+                rec["sha256"],
+            )
+        )
     df = df[labels_per_hash <= 1]
-    # Exact duplicates under other names: keep the first path.
-    dup = df.duplicated("sha256", keep="first")
-    first = df.drop_duplicates("sha256").set_index("sha256")["path"]
-    for rec in df[dup].to_dict("records"):
-        excluded.append(_exclude(rec["path"], rec["label"], rec["source"], rec["patient_id"],
-                                 "duplicate image", f"same sha256 as {first[rec['sha256']]}"))
-    df = df[~dup].reset_index(drop=True)
-    ex = pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS).sort_values(["path", "reason"],
-                                                                      ignore_index=True)
+    # Exact duplicates under other names (same bytes, or same decoded pixels): keep the first.
+    for key, what in (("sha256", "same file bytes"), ("pixel_sha256", "same pixels")):
+        dup = df.duplicated(key, keep="first")
+        first = df.drop_duplicates(key).set_index(key)["path"]
+        for rec in df[dup].to_dict("records"):
+            excluded.append(
+                _exclude(
+                    rec["path"],
+                    rec["label"],
+                    rec["source"],
+                    rec["patient_id"],
+                    "duplicate image",
+                    f"{what} as {first[rec[key]]}",
+                )
+            )
+        df = df[~dup]
+    df = df.reset_index(drop=True)
+    ex = pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS).sort_values(
+        ["path", "reason"], ignore_index=True
+    )
     return df, ex
 
 

@@ -27,13 +27,13 @@ import pandas as pd
 COVID_DIR = "covid-chestxray-dataset"
 KERMANY_DIR = "chest_xray"
 #: Kermany viral pneumonia files, relative to the archive's ``chest_xray/`` folder.
-KERMANY_VIRUS = re.compile(r"(?:^|/)chest_xray/((?:train|test)/PNEUMONIA/person\d+_virus_\d+\.jpeg)$")
+KERMANY_VIRUS = re.compile(
+    r"(?:^|/)chest_xray/((?:train|test)/PNEUMONIA/person\d+_virus_\d+(?:_\d+)?\.jpeg)$"
+)
 WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 #: The md5 Keras checks for WEIGHTS_FILE (keras.applications.vgg19, WEIGHTS_PATH_NO_TOP).
 WEIGHTS_MD5 = "253f8cb515780f3b799900260a226db6"
-WEIGHTS_URL = (
-    "https://storage.googleapis.com/tensorflow/keras-applications/vgg19/" + WEIGHTS_FILE
-)
+WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/vgg19/" + WEIGHTS_FILE
 LOCK_NAME = "SHA256SUMS"
 
 
@@ -199,9 +199,14 @@ def acquire_kermany(out_dir, *, mirror=None, url: str, sha256: str | None = None
     out_dir.mkdir(parents=True, exist_ok=True)
     if mirror:
         return copy_from_mirror(
-            mirror, KERMANY_DIR, out_dir, keep=lambda rel: bool(KERMANY_VIRUS.search("chest_xray/" + rel))
+            mirror,
+            KERMANY_DIR,
+            out_dir,
+            keep=lambda rel: bool(KERMANY_VIRUS.search("chest_xray/" + rel)),
         )
-    archive = _download(url, sha256, Path(os.environ.get("CXR_DOWNLOADS", "data/downloads")) / "ChestXRay2017.zip")
+    archive = _download(
+        url, sha256, Path(os.environ.get("CXR_DOWNLOADS", "data/downloads")) / "ChestXRay2017.zip"
+    )
 
     def select(name):
         m = KERMANY_VIRUS.search(name)
@@ -213,7 +218,7 @@ def acquire_kermany(out_dir, *, mirror=None, url: str, sha256: str | None = None
 
 
 def keras_cache_weights() -> Path:
-    """Where Keras keeps the VGG19 notop weights: ``$KERAS_HOME/models/`` or ``~/.keras/models/``."""
+    """Where Keras keeps the VGG19 weights: ``$KERAS_HOME/models/`` (default ``~/.keras``)."""
     home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
     return Path(home) / "models" / WEIGHTS_FILE
 
@@ -236,7 +241,9 @@ def acquire_weights(out_path, *, source=None) -> Path:
         else:
             from keras.utils import get_file
 
-            source = get_file(WEIGHTS_FILE, WEIGHTS_URL, cache_subdir="models", file_hash=WEIGHTS_MD5)
+            source = get_file(
+                WEIGHTS_FILE, WEIGHTS_URL, cache_subdir="models", file_hash=WEIGHTS_MD5
+            )
     source = Path(source)
     if not source.is_file():
         raise FileNotFoundError(f"{source}: pretrained weights file not found")

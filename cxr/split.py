@@ -47,8 +47,14 @@ def draw_patients(df: pd.DataFrame, n_images: int, rng: np.random.Generator) -> 
     return chosen
 
 
-def split_manifest(manifest: pd.DataFrame, *, seed: int, test_per_class: int,
-                   val_fraction: float, max_per_class: int | None = None) -> dict[str, pd.DataFrame]:
+def split_manifest(
+    manifest: pd.DataFrame,
+    *,
+    seed: int,
+    test_per_class: int,
+    val_fraction: float,
+    max_per_class: int | None = None,
+) -> dict[str, pd.DataFrame]:
     """Split the manifest into ``{"train", "val", "test"}`` DataFrames (same columns, by path).
 
     Parameters
@@ -87,19 +93,19 @@ def split_manifest(manifest: pd.DataFrame, *, seed: int, test_per_class: int,
         rest = rows[~rows["patient_id"].isin(test)]
         val = draw_patients(rest, round(val_fraction * len(rest)), rng)
         assign[rest.index[rest["patient_id"].isin(val)]] = "val"
-    out = {
-        name: manifest[assign == name].sort_values("path", ignore_index=True) for name in SPLITS
-    }
+    out = {name: manifest[assign == name].sort_values("path", ignore_index=True) for name in SPLITS}
     check_disjoint(out)
     return out
 
 
 def check_disjoint(splits: dict[str, pd.DataFrame]) -> None:
-    """Raise SplitError if any patient_id or sha256 appears in two splits."""
+    """Raise SplitError if any patient_id, sha256 or pixel_sha256 appears in two splits."""
     names = list(splits)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            for col in ("patient_id", "sha256"):
+            for col in ("patient_id", "sha256", "pixel_sha256"):
+                if col not in splits[a] or col not in splits[b]:
+                    continue
                 shared = set(splits[a][col]) & set(splits[b][col])
                 if shared:
                     raise SplitError(f"{col} shared by {a} and {b}: {sorted(shared)[:5]}")

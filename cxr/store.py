@@ -37,7 +37,9 @@ def save_store(path, images, labels, paths, patient_ids) -> None:
     images = np.asarray(images)
     n = len(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"{path}: images must be (N, S, S, 3) uint8, got {images.shape} {images.dtype}")
+        raise ValueError(
+            f"{path}: images must be (N, S, S, 3) uint8, got {images.shape} {images.dtype}"
+        )
     labels = np.asarray(labels, dtype=np.int8)
     paths = np.asarray(paths, dtype=str)
     patient_ids = np.asarray(patient_ids, dtype=str)

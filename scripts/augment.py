@@ -28,8 +28,20 @@ for index, parent, seed in plan(list(covid.index), a.target, a.seed):
     path = out / f"aug_{index:05d}_{Path(parent).stem}.png"
     Image.fromarray(img).save(path)
     rec = covid.loc[parent]
-    rows.append({**rec.to_dict(), "path": path.as_posix(), "source": "augmented",
-                 "sha256": file_hash(path), "width": img.shape[1], "height": img.shape[0],
-                 "mode": "RGB", "format": "PNG", "parent": parent, "seed": seed})
+    rows.append(
+        {
+            **rec.to_dict(),
+            "path": path.as_posix(),
+            "source": "augmented",
+            "sha256": file_hash(path),
+            "width": img.shape[1],
+            "height": img.shape[0],
+            "mode": "RGB",
+            "format": "PNG",
+            "parent": parent,
+            "seed": seed,
+        }
+    )
 write_csv(pd.DataFrame(rows, columns=COLUMNS + ["parent", "seed"]), a.csv)
-print(f"augment: {len(covid)} training COVID images + {len(rows)} augmented = {len(covid) + len(rows)}")
+n_covid, n_aug = len(covid), len(rows)
+print(f"augment: {n_covid} training COVID images + {n_aug} augmented = {n_covid + n_aug}")

@@ -25,7 +25,10 @@ def copy_checkout(dest: Path) -> Path:
     """Copy the files git tracks or would track (not ignored) into ``dest``; return it."""
     files = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, check=True, capture_output=True, text=True,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split("\0")
     for rel in filter(None, files):
         src = REPO / rel
@@ -35,20 +38,42 @@ def copy_checkout(dest: Path) -> Path:
     return dest
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run snakemake in ``workdir`` with the smoke overlay and the real mirror."""
+def snakemake(
+    workdir: Path, *args: str, smoke: bool = True, check: bool = True
+) -> subprocess.CompletedProcess:
+    """Run snakemake in ``workdir`` on the real mirror, with the smoke overlay unless told not.
+
+    Returns the finished process; its ``stdout`` holds stdout and stderr together.
+    ``args`` (targets, flags) come first: ``--configfile``/``--config`` take every word after.
+    """
+    overlay = ["--configfile", "tests/config/smoke.yaml"] if smoke else []
     cmd = [
-        sys.executable, "-m", "snakemake", "--cores", "2",
-        "--configfile", "tests/config/smoke.yaml",
-        "--config", f"mirror={MIRROR}", f"pretrained_weights={WEIGHTS}",
+        sys.executable,
+        "-m",
+        "snakemake",
         *args,
+        "--cores",
+        "2",
+        *overlay,
+        "--config",
+        f"mirror={MIRROR}",
+        f"pretrained_weights={WEIGHTS}",
     ]
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    # Rules call `python`: make it this interpreter, whatever PATH the test runner had.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(
+        cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     if check and proc.returncode != 0:
-        logs = "".join(
-            f"\n--- {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").glob("*.log"))
-        ) if (workdir / "logs").is_dir() else ""
-        raise AssertionError(f"snakemake failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}{logs}")
+        logs = (
+            "".join(
+                f"\n--- {p}\n{p.read_text()[-3000:]}"
+                for p in sorted((workdir / "logs").glob("*.log"))
+            )
+            if (workdir / "logs").is_dir()
+            else ""
+        )
+        raise AssertionError(f"snakemake failed:\n{proc.stdout[-8000:]}{logs}")
     return proc
 
 

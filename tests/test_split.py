@@ -20,8 +20,14 @@ def test_only_feasible_test_set_is_found():
     # covid: A and B have 3 images each, C one; with 1 test image per class only C fits.
     # non_covid: X has 2 images, Y and Z one each; 1 test image -> Y or Z, never X.
     m = make_manifest(
-        {"A": ("covid", 3), "B": ("covid", 3), "C": ("covid", 1),
-         "X": ("non_covid", 2), "Y": ("non_covid", 1), "Z": ("non_covid", 1)}
+        {
+            "A": ("covid", 3),
+            "B": ("covid", 3),
+            "C": ("covid", 1),
+            "X": ("non_covid", 2),
+            "Y": ("non_covid", 1),
+            "Z": ("non_covid", 1),
+        }
     )
     for seed in range(5):
         s = split_manifest(m, seed=seed, test_per_class=1, val_fraction=0.5)
