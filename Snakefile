@@ -15,6 +15,6 @@ include: "rules/data.smk"
 
 
 rule all:
+    default_target: True
     input:
         DATA_OUTPUTS,
-    default_target: True

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr.images import ImageError, load_rgb, sniff_format
+from cxr.images import ImageError, image_info, load_rgb
 from cxr.sources import file_hash
 
 COLUMNS = [
@@ -72,10 +72,7 @@ def read_metadata(path) -> pd.DataFrame:
 def _describe(path: Path, label, source, patient_id, view, finding, min_side, max_pixels):
     """Load one image; return a manifest row, or raise ImageError."""
     rgb = load_rgb(path, min_side=min_side, max_pixels=max_pixels)
-    from PIL import Image
-
-    with Image.open(path) as im:
-        mode = im.mode
+    info = image_info(path)
     return {
         "path": path.as_posix(),
         "label": label,
@@ -87,8 +84,8 @@ def _describe(path: Path, label, source, patient_id, view, finding, min_side, ma
         "pixel_sha256": hashlib.sha256(rgb.tobytes()).hexdigest(),
         "width": rgb.shape[1],
         "height": rgb.shape[0],
-        "mode": mode,
-        "format": sniff_format(path),
+        "mode": info["mode"],
+        "format": info["format"],
     }
 
 

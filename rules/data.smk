@@ -9,22 +9,22 @@ rule manifest:
     output:
         manifest="data/interim/manifest.csv",
         excluded="data/interim/excluded.csv",
+    log:
+        "logs/manifest.log",
+    benchmark:
+        "benchmarks/manifest.tsv"
+    conda:
+        "../envs/cxr.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
         covid_findings=config["manifest"]["covid_findings"],
         modality=config["manifest"]["modality"],
         views=config["manifest"]["views"],
         min_side=config["manifest"]["min_side"],
         max_pixels=config["manifest"]["max_pixels"],
-    log:
-        "logs/manifest.log",
-    benchmark:
-        "benchmarks/manifest.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        "../envs/cxr.yaml"
     message:
         "Building the image manifest"
     shell:
@@ -40,25 +40,27 @@ rule split:
     input:
         rules.manifest.output.manifest,
     output:
-        expand("data/splits/{split}.csv", split=SPLITS),
-    params:
-        outdir="data/splits",
-        seed=config["split"]["seed"],
-        test_per_class=config["split"]["test_per_class"],
-        val_fraction=config["split"]["val_fraction"],
-        max_per_class=config["split"]["max_per_class"],
+        train="data/splits/train.csv",
+        val="data/splits/val.csv",
+        test="data/splits/test.csv",
     log:
         "logs/split.log",
+    conda:
+        "../envs/cxr.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../envs/cxr.yaml"
+    params:
+        seed=config["split"]["seed"],
+        test_per_class=config["split"]["test_per_class"],
+        val_fraction=config["split"]["val_fraction"],
+        max_per_class=config["split"]["max_per_class"],
     message:
         "Splitting by patient (seed {params.seed})"
     shell:
-        "python scripts/split.py --manifest {input:q} --outdir {params.outdir:q}"
+        "python scripts/split.py --manifest {input:q}"
+        " --out {output.train:q} {output.val:q} {output.test:q}"
         " --seed {params.seed} --test_per_class {params.test_per_class}"
         " --val_fraction {params.val_fraction} --max_per_class {params.max_per_class}"
         " > {log:q} 2>&1"
@@ -67,23 +69,23 @@ rule split:
 # Training COVID images grown to augment.target with the seed's imgaug recipe.
 rule augment:
     input:
-        "data/splits/train.csv",
+        rules.split.output.train,
     output:
         csv="data/augmented/augmented.csv",
         images=directory("data/augmented/images"),
-    params:
-        seed=config["augment"]["seed"],
-        target=config["augment"]["target"],
     log:
         "logs/augment.log",
     benchmark:
         "benchmarks/augment.tsv"
+    conda:
+        "../envs/cxr.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        "../envs/cxr.yaml"
+    params:
+        seed=config["augment"]["seed"],
+        target=config["augment"]["target"],
     message:
         "Augmenting training COVID images to {params.target}"
     shell:
@@ -94,27 +96,30 @@ rule augment:
 # Every split image decoded once, resized to image_size, into data/store/{split}.npz.
 rule preprocess:
     input:
-        splits=rules.split.output,
+        train=rules.split.output.train,
+        val=rules.split.output.val,
+        test=rules.split.output.test,
         augmented=rules.augment.output.csv,
         augmented_images=rules.augment.output.images,
     output:
-        expand("data/store/{split}.npz", split=SPLITS),
-    params:
-        splits="data/splits",
-        outdir="data/store",
-        image_size=config["preprocess"]["image_size"],
+        train="data/store/train.npz",
+        val="data/store/val.npz",
+        test="data/store/test.npz",
     log:
         "logs/preprocess.log",
     benchmark:
         "benchmarks/preprocess.tsv"
+    conda:
+        "../envs/cxr.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../envs/cxr.yaml"
+    params:
+        image_size=config["preprocess"]["image_size"],
     message:
         "Preprocessing the splits to {params.image_size} px"
     shell:
-        "python scripts/preprocess.py --splits {params.splits:q} --augmented {input.augmented:q}"
-        " --outdir {params.outdir:q} --image_size {params.image_size} > {log:q} 2>&1"
+        "python scripts/preprocess.py --splits {input.train:q} {input.val:q} {input.test:q}"
+        " --augmented {input.augmented:q} --out {output.train:q} {output.val:q} {output.test:q}"
+        " --image_size {params.image_size} > {log:q} 2>&1"

@@ -1,7 +1,6 @@
 """Rule split: manifest.csv -> data/splits/{train,val,test}.csv (patient-level, seeded)."""
 
 import argparse
-from pathlib import Path
 
 import pandas as pd
 
@@ -10,7 +9,7 @@ from cxr.split import SPLITS, split_manifest
 
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--manifest", required=True)
-p.add_argument("--outdir", required=True, help="folder for train.csv, val.csv, test.csv")
+p.add_argument("--out", nargs=3, required=True, help="train.csv val.csv test.csv to write")
 p.add_argument("--seed", type=int, required=True)
 p.add_argument("--test_per_class", type=int, required=True)
 p.add_argument("--val_fraction", type=float, required=True)
@@ -24,7 +23,7 @@ splits = split_manifest(
     val_fraction=a.val_fraction,
     max_per_class=cap,
 )
-for name in SPLITS:
-    write_csv(splits[name], Path(a.outdir) / f"{name}.csv")
+for name, path in zip(SPLITS, a.out, strict=True):
+    write_csv(splits[name], path)
     counts = splits[name].groupby("label")["patient_id"].agg(["size", "nunique"])
     print(f"{name}: images/patients per class\n{counts.to_string()}")
