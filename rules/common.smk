@@ -7,8 +7,11 @@ from snakemake.utils import validate
 validate(config, schema="../schemas/config.schema.yaml")
 
 # Jobs import the cxr package from this checkout, also under --sdm conda and on a cluster.
+# (Snakemake formats the prefix too, hence the doubled braces of the shell expansion.)
 shell.prefix(
-    f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}${{PYTHONPATH:+:$PYTHONPATH}}; "
+    "set -euo pipefail; export PYTHONPATH="
+    + shlex.quote(workflow.basedir)
+    + "${{PYTHONPATH:+:$PYTHONPATH}}; "
 )
 
 
