@@ -1,0 +1,202 @@
+"""Report figures: training curves, confusion matrices, classification report, test samples.
+
+Owned by the model half. matplotlib only, through ``matplotlib.figure.Figure`` with the Agg
+canvas (no pyplot, no display, no global figure state); no TensorFlow. Each ``*_figure``
+function returns a Figure; :func:`save_png` writes it to the path it is given (temporary name,
+then rename). Touches nothing else.
+
+References
+----------
+- matplotlib, "Embedding in a web application server" (Figure without pyplot):
+  https://matplotlib.org/stable/gallery/user_interfaces/web_application_server_sgskip.html
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from cxr import CLASSES  # noqa: E402
+
+WRONG = "tab:red"
+RIGHT = "tab:green"
+
+
+def save_png(fig: Figure, path, dpi: int) -> None:
+    """Save ``fig`` as PNG at ``dpi`` (dots per inch) to ``path``, atomically.
+
+    Raises
+    ------
+    ValueError
+        If ``dpi < 1``.
+    """
+    if dpi < 1:
+        raise ValueError(f"dpi must be >= 1, got {dpi}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def curves_figure(history: pd.DataFrame, title: str) -> Figure:
+    """Accuracy and loss per epoch, training vs validation, side by side.
+
+    Parameters
+    ----------
+    history : DataFrame with columns ``epoch, loss, accuracy, val_loss, val_accuracy``
+        (a ``reports/history/*.csv``), at least one row.
+    title : figure title, e.g. ``"model_01"``.
+
+    Raises
+    ------
+    ValueError
+        If ``history`` is empty or a column is missing.
+    """
+    needed = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+    missing = [c for c in needed if c not in history.columns]
+    if missing or history.empty:
+        raise ValueError(f"history needs rows and columns {needed}; missing {missing}")
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
+    for ax, key, label in ((axes[0], "accuracy", "Accuracy"), (axes[1], "loss", "Loss")):
+        ax.plot(history["epoch"], history[key], "o-", label="training")
+        ax.plot(history["epoch"], history[f"val_{key}"], "s--", label="validation")
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel(label + (" (categorical cross-entropy)" if key == "loss" else ""))
+        ax.set_title(f"{label}: training vs validation")
+        ax.set_xticks(history["epoch"])
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_ylim(0, 1.02)
+    fig.suptitle(f"{title}: {len(history)} epoch(s)")
+    return fig
+
+
+def confusion_figure(metrics: dict, title: str) -> Figure:
+    """Confusion matrix with counts and row percentages, class names on both axes.
+
+    Parameters
+    ----------
+    metrics : a metrics dict from :func:`cxr.metrics.compute_metrics` (``confusion_matrix``
+        rows true, columns predicted; ``classes``; ``accuracy``, ``sensitivity``,
+        ``specificity``).
+    title : e.g. ``"model_03 on test"``.
+    """
+    cm = np.asarray(metrics["confusion_matrix"], dtype=int)
+    classes = metrics.get("classes", list(CLASSES))
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.subplots()
+    im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(int(cm.max()), 1))
+    fig.colorbar(im, ax=ax, label="Images")
+    rows = cm.sum(axis=1, keepdims=True)
+    pct = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0) * 100
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            color = "white" if cm[i, j] > cm.max() / 2 else "black"
+            ax.text(j, i, f"{cm[i, j]}\n({pct[i, j]:.0f}%)", ha="center", va="center", color=color)
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("Predicted class")
+    ax.set_ylabel("True class")
+    ax.set_title(
+        f"{title} (n={int(cm.sum())})\naccuracy {metrics['accuracy']:.3f}, sensitivity "
+        f"{metrics['sensitivity']:.3f}, specificity {metrics['specificity']:.3f}",
+        fontsize=10,
+    )
+    return fig
+
+
+def report_table_figure(metrics: dict, title: str) -> Figure:
+    """The classification report as a table: precision, recall, F1, specificity, support.
+
+    Rows: each class, macro average, weighted average, then accuracy (and ROC AUC when the
+    metrics have it). ``metrics`` as in :func:`confusion_figure`.
+    """
+    classes = metrics.get("classes", list(CLASSES))
+    columns = ["precision", "recall (sensitivity)", "f1-score", "specificity", "support"]
+    cells, labels = [], []
+    for name in [*classes, "macro avg", "weighted avg"]:
+        row = metrics[name]
+        spec = f"{row['specificity']:.3f}" if "specificity" in row else ""
+        cells.append(
+            [
+                f"{row['precision']:.3f}",
+                f"{row['recall']:.3f}",
+                f"{row['f1-score']:.3f}",
+                spec,
+                str(int(row["support"])),
+            ]
+        )
+        labels.append(name)
+    cells.append(["", "", f"{metrics['accuracy']:.3f}", "", str(int(metrics["n"]))])
+    labels.append("accuracy")
+    if metrics.get("roc_auc") is not None:
+        cells.append(["", "", f"{metrics['roc_auc']:.3f}", "", str(int(metrics["n"]))])
+        labels.append("ROC AUC (p_covid)")
+    fig = Figure(figsize=(8, 0.3 * (len(cells) + 1) + 0.5))
+    ax = fig.subplots()
+    ax.axis("off")
+    table = ax.table(
+        cellText=cells,
+        rowLabels=labels,
+        colLabels=columns,
+        cellLoc="center",
+        bbox=[0, 0, 1, 1],
+    )
+    table.auto_set_font_size(False)
+    table.set_fontsize(10)
+    ax.set_title(f"Classification report: {title} (positive class: {classes[1]})")
+    return fig
+
+
+def samples_figure(
+    images: np.ndarray, predictions: pd.DataFrame, n: int, seed: int, title: str
+) -> Figure:
+    """A grid of ``n`` random test images with true and predicted labels; wrong ones in red.
+
+    Parameters
+    ----------
+    images : ``(N, S, S, 3) uint8`` RGB, the test store's images.
+    predictions : DataFrame of ``N`` rows in store order with ``label``, ``predicted``,
+        ``p_covid`` (a ``reports/predictions/*.csv``).
+    n : number of images shown (all of them if the split has fewer), in up to 5 columns.
+    seed : which images: ``numpy.random.default_rng(seed).choice(N, n, replace=False)``.
+    title : figure title.
+
+    Raises
+    ------
+    ValueError
+        If ``images`` and ``predictions`` differ in length, or either is empty.
+    """
+    if len(images) != len(predictions) or len(images) == 0:
+        raise ValueError(f"{len(images)} images but {len(predictions)} predictions")
+    n = min(n, len(images))
+    pick = np.sort(np.random.default_rng(seed).choice(len(images), n, replace=False))
+    ncols = min(5, n)
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(2.6 * ncols, 3.0 * nrows + 0.6))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    wrong_total = 0
+    for ax, i in zip(axes, pick, strict=False):
+        row = predictions.iloc[i]
+        wrong = row["label"] != row["predicted"]
+        wrong_total += int(wrong)
+        ax.imshow(images[i])
+        ax.set_title(
+            f"true: {row['label']}\npred: {row['predicted']} (p_covid {row['p_covid']:.2f})",
+            color=WRONG if wrong else RIGHT,
+            fontsize=9,
+        )
+    fig.suptitle(f"{title}: {n} random test images (seed {seed}), {wrong_total} wrong in red")
+    return fig

@@ -1,0 +1,259 @@
+"""The classifier: VGG19 base + the seed protocol's dense head, stage freezing, optimisers.
+
+Owned by the model half of the pipeline. Touches no files except through Keras' own
+``load_model`` (reading a ``.keras`` file) and ``VGG19(weights=path)`` (reading the ImageNet
+``.h5``). Imports TensorFlow/Keras, so only training, evaluation and tests import it, never the
+Snakefile.
+
+The model takes ``(N, S, S, 3) uint8`` RGB images (as stored by :mod:`cxr.store`) and applies
+``keras.applications.vgg19.preprocess_input`` exactly once, in its first layer
+(:class:`VGG19Preprocess`), so callers never preprocess and a saved model is self-contained.
+Output: ``(N, 2)`` softmax over :data:`cxr.CLASSES` (column 1 = ``p_covid``).
+
+References
+----------
+- Simonyan & Zisserman (2014), Very Deep Convolutional Networks for Large-Scale Image
+  Recognition, arXiv:1409.1556 (VGG19, the Caffe/ImageNet BGR mean used by preprocess_input).
+- Keras applications: https://keras.io/api/applications/vgg/
+- Keras fine-tuning guide (freeze, then recompile):
+  https://keras.io/guides/transfer_learning/
+"""
+
+from __future__ import annotations
+
+import keras
+
+from cxr import CLASSES
+
+#: Name of the nested VGG19 model inside the classifier (``model.get_layer(BASE_NAME)``).
+BASE_NAME = "vgg19"
+#: Layer names of the head, in order (after the base).
+HEAD_NAMES = ("flatten", "dense_01", "batch_norm", "dropout_01", "dense_02", "dropout_02")
+OUTPUT_NAME = "predictions"
+OPTIMIZERS = ("rmsprop", "sgd")
+
+
+@keras.saving.register_keras_serializable(package="cxr")
+class VGG19Preprocess(keras.layers.Layer):
+    """``keras.applications.vgg19.preprocess_input`` as a layer (applied once, in the model).
+
+    Casts ``(N, S, S, 3)`` RGB in 0..255 (any dtype) to float32, flips RGB to BGR and subtracts
+    the ImageNet channel means ``(103.939, 116.779, 123.68)`` (B, G, R); no scaling by 1/255.
+    Registered as serializable, so ``keras.models.load_model`` rebuilds it once this module has
+    been imported (no ``Lambda``, so loading needs no ``safe_mode=False``).
+    """
+
+    def call(self, inputs):
+        x = keras.ops.cast(inputs, "float32")
+        return keras.applications.vgg19.preprocess_input(x)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def compute_output_spec(self, inputs):
+        return keras.KerasTensor(inputs.shape, dtype="float32")
+
+
+def build_model(
+    image_size: int,
+    weights: str | None = None,
+    dense_units: tuple[int, int] = (1024, 512),
+    dropout: tuple[float, float] = (0.5, 0.3),
+) -> keras.Model:
+    """Build the classifier (uncompiled, base frozen as for stage 1).
+
+    Architecture (the seed protocol): uint8 input -> :class:`VGG19Preprocess` -> VGG19
+    (``include_top=False``) -> Flatten -> Dense(dense_units[0], relu, ``"dense_01"``) ->
+    BatchNormalization -> Dropout(dropout[0]) -> Dense(dense_units[1], relu) ->
+    Dropout(dropout[1]) -> Dense(2, softmax).
+
+    Parameters
+    ----------
+    image_size : int
+        Side S (px) of the square input ``(S, S, 3)``; VGG19 needs S >= 32 (the seed uses 224).
+    weights : str or None
+        Path to ``vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5`` (ImageNet weights, the
+        file Keras downloads), or None for random initialisation (tests only).
+    dense_units : pair of int
+        Units of the two hidden dense layers (seed: 1024, 512).
+    dropout : pair of float
+        Dropout rates after them (seed: 0.5, 0.3), each in [0, 1).
+
+    Returns
+    -------
+    keras.Model
+        Input ``(None, S, S, 3) uint8``; output ``(None, 2) float32`` softmax probabilities in
+        :data:`cxr.CLASSES` order. The base is the nested model ``BASE_NAME``.
+
+    Raises
+    ------
+    ValueError
+        If ``image_size < 32``, the head sizes are not pairs, or Keras refuses ``weights``
+        (missing file).
+    """
+    if image_size < 32:
+        raise ValueError(f"image_size must be >= 32 for VGG19, got {image_size}")
+    if len(dense_units) != 2 or len(dropout) != 2:
+        raise ValueError(f"dense_units and dropout must be pairs, got {dense_units}, {dropout}")
+    inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
+    x = VGG19Preprocess(name="vgg19_preprocess")(inputs)
+    base = keras.applications.VGG19(
+        include_top=False,
+        weights=None if weights is None else str(weights),
+        input_shape=(image_size, image_size, 3),
+    )
+    base.name = BASE_NAME
+    x = base(x)
+    x = keras.layers.Flatten(name=HEAD_NAMES[0])(x)
+    x = keras.layers.Dense(dense_units[0], activation="relu", name=HEAD_NAMES[1])(x)
+    x = keras.layers.BatchNormalization(name=HEAD_NAMES[2])(x)
+    x = keras.layers.Dropout(dropout[0], name=HEAD_NAMES[3])(x)
+    x = keras.layers.Dense(dense_units[1], activation="relu", name=HEAD_NAMES[4])(x)
+    x = keras.layers.Dropout(dropout[1], name=HEAD_NAMES[5])(x)
+    outputs = keras.layers.Dense(len(CLASSES), activation="softmax", name=OUTPUT_NAME)(x)
+    model = keras.Model(inputs, outputs, name="cxr_vgg19")
+    set_frozen(model, "all")
+    return model
+
+
+def base_of(model: keras.Model) -> keras.Model:
+    """The nested VGG19 base of a classifier built by :func:`build_model`."""
+    return model.get_layer(BASE_NAME)
+
+
+def set_frozen(model: keras.Model, frozen_layers: int | str) -> list[str]:
+    """Freeze ``base.layers[:frozen_layers]``, make every other layer trainable.
+
+    The seed protocol's stages: ``"all"`` (model_01, the whole base), 17 (model_02: input and
+    blocks 1-4 frozen, block 5 trainable), 12 (model_03: blocks 4-5 trainable). ``base.layers``
+    counts the input layer and the pooling layers (22 in all for VGG19 without top). The head is
+    always trainable. Takes effect at the next ``compile`` (call :func:`compile_model` after).
+
+    Parameters
+    ----------
+    model : keras.Model built by :func:`build_model` (or loaded from one).
+    frozen_layers : int in [0, 22] or ``"all"``.
+
+    Returns
+    -------
+    list of str
+        Names of the base layers that have trainable weights now, in order.
+
+    Raises
+    ------
+    ValueError
+        If ``frozen_layers`` is neither ``"all"`` nor an int in ``[0, len(base.layers)]``.
+    """
+    base = base_of(model)
+    n_layers = len(base.layers)
+    if frozen_layers == "all":
+        n = n_layers
+    elif isinstance(frozen_layers, int) and not isinstance(frozen_layers, bool):
+        n = frozen_layers
+    else:
+        raise ValueError(f"frozen_layers must be an int or 'all', got {frozen_layers!r}")
+    if not 0 <= n <= n_layers:
+        raise ValueError(f"frozen_layers must be in [0, {n_layers}], got {n}")
+    model.trainable = True
+    base.trainable = True
+    for i, layer in enumerate(base.layers):
+        layer.trainable = i >= n
+    return [layer.name for layer in base.layers if layer.trainable and layer.weights]
+
+
+def learning_rate_schedule(learning_rate: float, decay: float = 0.0):
+    """The learning rate of Keras 2's ``decay`` argument, as a Keras 3 schedule.
+
+    Keras 2 optimisers with ``decay=d`` used ``lr_k = lr0 / (1 + d * k)`` at step k (one step =
+    one batch). Keras 3 dropped ``decay``; ``InverseTimeDecay(lr0, decay_steps=1,
+    decay_rate=d)`` gives the same values. Source: Keras 2.x ``optimizers.py`` (``lr *= 1. /
+    (1. + self.decay * iterations)``) and
+    https://keras.io/api/optimizers/learning_rate_schedules/inverse_time_decay/
+
+    Parameters
+    ----------
+    learning_rate : float > 0, lr0.
+    decay : float >= 0, per step; 0 gives the constant ``learning_rate`` (a float).
+
+    Returns
+    -------
+    float or keras.optimizers.schedules.InverseTimeDecay
+
+    Raises
+    ------
+    ValueError
+        If ``learning_rate <= 0`` or ``decay < 0``.
+    """
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    if decay < 0:
+        raise ValueError(f"decay must be >= 0, got {decay}")
+    if decay == 0:
+        return float(learning_rate)
+    return keras.optimizers.schedules.InverseTimeDecay(
+        float(learning_rate), decay_steps=1, decay_rate=float(decay)
+    )
+
+
+def make_optimizer(
+    optimizer: str,
+    learning_rate: float,
+    decay: float = 0.0,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+) -> keras.optimizers.Optimizer:
+    """A fresh optimiser for one stage.
+
+    Seed protocol: model_01 and model_02 ``RMSprop(1e-3)`` (Keras defaults rho 0.9,
+    epsilon 1e-7); model_03 ``SGD(1e-4, momentum=0.9, nesterov=True, decay=1e-6)`` with the
+    decay as :func:`learning_rate_schedule`.
+
+    Parameters
+    ----------
+    optimizer : ``"rmsprop"`` or ``"sgd"``.
+    learning_rate : float > 0, initial learning rate.
+    decay : float >= 0, Keras-2 style per-step inverse time decay.
+    momentum : float in [0, 1).
+    nesterov : bool, Nesterov momentum (SGD only).
+
+    Raises
+    ------
+    ValueError
+        Unknown optimiser, ``nesterov`` with RMSprop, or values out of range.
+    """
+    lr = learning_rate_schedule(learning_rate, decay)
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    if optimizer == "rmsprop":
+        if nesterov:
+            raise ValueError("nesterov applies to sgd only")
+        return keras.optimizers.RMSprop(learning_rate=lr, momentum=momentum)
+    if optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=momentum, nesterov=nesterov)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+
+
+def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> keras.Model:
+    """Compile with categorical cross-entropy and accuracy (the seed protocol); returns model.
+
+    Must follow every :func:`set_frozen`, so the new ``trainable`` flags take effect.
+    """
+    model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def load_model(path) -> keras.Model:
+    """Load a classifier saved as ``.keras`` (uncompiled: each stage compiles its own).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If it is not a Keras 3 model file.
+    """
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no model at {path}")
+    return keras.models.load_model(path, compile=False)
