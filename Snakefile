@@ -12,9 +12,11 @@ configfile: "config.yaml"
 include: "rules/common.smk"
 include: "rules/acquire.smk"
 include: "rules/data.smk"
+include: "rules/model.smk"
 
 
 rule all:
     default_target: True
     input:
         DATA_OUTPUTS,
+        MODEL_OUTPUTS,

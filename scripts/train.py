@@ -1,0 +1,89 @@
+"""Rule train_model_0N: train one stage of the VGG19 classifier on the split store.
+
+Entry point shared by Snakemake and DVC: every parameter is a command-line option named like
+its config key (config.yaml, section ``train`` and ``train.model_0N``). Writes only --model
+and --history (via temporary names). Stage 1 starts from --pretrained (the VGG19 ImageNet
+notop .h5), later stages from --init (the previous stage's .keras).
+"""
+
+import argparse
+
+
+def boolean(text: str) -> bool:
+    """'true'/'false' (any case, as Snakemake formats Python bools) -> bool."""
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def optional_int(text: str) -> int | None:
+    """An int, or None for 'None'/'null'/''."""
+    return None if text in ("None", "null", "") else int(text)
+
+
+def frozen(text: str) -> int | str:
+    """'all' or an int: how many base layers to freeze."""
+    return "all" if text == "all" else int(text)
+
+
+p = argparse.ArgumentParser(description=__doc__)
+p.add_argument("--train", required=True, help="train store (.npz)")
+p.add_argument("--val", required=True, help="validation store (.npz)")
+start = p.add_mutually_exclusive_group(required=True)
+start.add_argument("--pretrained", help="VGG19 ImageNet notop weights (.h5), stage 1")
+start.add_argument("--init", help="previous stage's model (.keras), stages 2-3")
+p.add_argument("--model", required=True, help="output .keras (best checkpoint)")
+p.add_argument("--history", required=True, help="output per-epoch CSV")
+p.add_argument("--threads", type=int, default=1, help="TF thread pools and batch workers")
+p.add_argument("--seed", type=int, required=True)
+p.add_argument("--batch_size", type=int, required=True)
+p.add_argument("--realtime_augmentation", type=boolean, required=True)
+p.add_argument("--dense_units", type=int, nargs=2, default=[1024, 512])
+p.add_argument("--dropout", type=float, nargs=2, default=[0.5, 0.3])
+p.add_argument("--early_stopping_monitor", required=True)
+p.add_argument("--patience", type=optional_int, required=True, help="None: no early stopping")
+p.add_argument("--checkpoint_monitor", required=True)
+p.add_argument("--epochs", type=int, required=True)
+p.add_argument("--frozen_layers", type=frozen, required=True, help="'all' or an int")
+p.add_argument("--optimizer", choices=["rmsprop", "sgd"], required=True)
+p.add_argument("--learning_rate", type=float, required=True)
+p.add_argument("--decay", type=float, required=True)
+p.add_argument("--momentum", type=float, required=True)
+p.add_argument("--nesterov", type=boolean, required=True)
+a = p.parse_args()
+
+# Thread pools first: TensorFlow fixes them when its runtime starts.
+from cxr.train import configure_threads  # noqa: E402
+
+configure_threads(a.threads)
+
+from cxr.train import train_stage  # noqa: E402
+
+print(f"train {a.model}: {vars(a)}", flush=True)
+train_stage(
+    a.train,
+    a.val,
+    a.model,
+    a.history,
+    pretrained=a.pretrained,
+    init=a.init,
+    seed=a.seed,
+    batch_size=a.batch_size,
+    realtime_augmentation=a.realtime_augmentation,
+    dense_units=tuple(a.dense_units),
+    dropout=tuple(a.dropout),
+    early_stopping_monitor=a.early_stopping_monitor,
+    patience=a.patience,
+    checkpoint_monitor=a.checkpoint_monitor,
+    epochs=a.epochs,
+    frozen_layers=a.frozen_layers,
+    optimizer=a.optimizer,
+    learning_rate=a.learning_rate,
+    decay=a.decay,
+    momentum=a.momentum,
+    nesterov=a.nesterov,
+    workers=a.threads,
+    verbose=2,
+)
