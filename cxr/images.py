@@ -34,7 +34,6 @@ This module only reads files; it writes nothing.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 
@@ -56,8 +55,6 @@ REASONS = (
     "non-finite pixels",  # NaN or infinite values in a float image
     "format mismatch",  # content format differs from the extension (reporting only)
 )
-
-_CHUNK = 1 << 20
 
 
 class ImageError(ValueError):
@@ -294,20 +291,6 @@ def to_rgb(image: Image.Image, path="<in memory>") -> np.ndarray:
     else:
         raise ImageError(path, "unsupported mode", f"Pillow mode {mode!r}")
     return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2), dtype=np.uint8)
-
-
-def file_sha256(path) -> str:
-    """Return the SHA-256 hex digest (64 lowercase hex characters) of a file's bytes.
-
-    Raises
-    ------
-    OSError (e.g. FileNotFoundError) if the file cannot be read.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def perceptual_hash(rgb: np.ndarray) -> str:

@@ -23,9 +23,10 @@ import hashlib
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from cxr.images import ImageError, image_info, load_rgb
+from cxr.images import ImageError, image_info, load_rgb, perceptual_hash
 from cxr.sources import file_hash
 
 COLUMNS = [
@@ -37,12 +38,14 @@ COLUMNS = [
     "finding",
     "sha256",
     "pixel_sha256",
+    "phash",
     "width",
     "height",
     "mode",
     "format",
 ]
 EXCLUDED_COLUMNS = ["path", "label", "source", "patient_id", "reason", "detail"]
+NEAR_DUPLICATE_COLUMNS = ["path_a", "path_b", "distance", "same_patient", "same_label"]
 #: Columns ``metadata.csv`` must have (upstream spelling).
 REQUIRED_METADATA = ("patientid", "finding", "view", "modality", "filename")
 KERMANY_FILE = re.compile(r"^person(\d+)_virus_\d+(?:_\d+)?\.jpeg$")
@@ -82,6 +85,7 @@ def _describe(path: Path, label, source, patient_id, view, finding, min_side, ma
         "finding": finding,
         "sha256": file_hash(path),
         "pixel_sha256": hashlib.sha256(rgb.tobytes()).hexdigest(),
+        "phash": perceptual_hash(rgb),
         "width": rgb.shape[1],
         "height": rgb.shape[0],
         "mode": info["mode"],
@@ -230,6 +234,37 @@ def build_manifest(
         ["path", "reason"], ignore_index=True
     )
     return df, ex
+
+
+def near_duplicates(manifest: pd.DataFrame, max_distance: int) -> pd.DataFrame:
+    """Pairs of manifest images whose perceptual hashes differ in at most ``max_distance`` bits.
+
+    Reported, not excluded: a near duplicate may be a re-scan, a crop, or two genuinely similar
+    films. Pairs of different patients are a leakage risk the split log reports.
+
+    Parameters
+    ----------
+    manifest : rows with ``path, patient_id, label, phash`` (64-bit phash as 16 hex digits).
+    max_distance : Hamming distance in bits (0-64).
+
+    Returns
+    -------
+    DataFrame with :data:`NEAR_DUPLICATE_COLUMNS`, one row per unordered pair, sorted.
+    """
+    h = np.array([int(x, 16) for x in manifest["phash"]], dtype=np.uint64)
+    rows = []
+    for i in range(len(h) - 1):
+        dist = np.bitwise_count(h[i] ^ h[i + 1 :])
+        for j in np.flatnonzero(dist <= max_distance) + i + 1:
+            a, b = manifest.iloc[i], manifest.iloc[j]
+            rows.append({
+                "path_a": a["path"], "path_b": b["path"], "distance": int(dist[j - i - 1]),
+                "same_patient": a["patient_id"] == b["patient_id"],
+                "same_label": a["label"] == b["label"],
+            })  # fmt: skip
+    return pd.DataFrame(rows, columns=NEAR_DUPLICATE_COLUMNS).sort_values(
+        ["path_a", "path_b"], ignore_index=True
+    )
 
 
 def write_csv(df: pd.DataFrame, path) -> None:

@@ -21,20 +21,59 @@ class SplitError(ValueError):
     """The split cannot be made as asked (e.g. too few patients for the test size)."""
 
 
-def draw_patients(df: pd.DataFrame, n_images: int, rng: np.random.Generator) -> list[str]:
-    """Draw whole patients in a seeded random order until they hold ``n_images`` images.
+def patient_groups(manifest: pd.DataFrame, near_duplicates: pd.DataFrame | None) -> pd.Series:
+    """Group patients that share a near-duplicate image, so the split keeps them together.
 
-    Patients are visited in ``rng.permutation`` of their sorted ids; a patient who would
-    overshoot ``n_images`` is skipped. Returns the drawn patient ids (possibly fewer images
-    than asked if no combination fits; callers check).
+    The covid-chestxray-dataset files some image series under two patient ids (e.g. the
+    ``16660_*`` and ``covid-19-rapidly-progressive-...-day-*`` files: identical perceptual
+    hashes, different ``patientid``); split by ``patientid`` alone, one copy could land in train
+    and the other in test. Patients linked by a same-label near-duplicate pair form one group
+    (connected components, scipy.sparse.csgraph). Cross-label pairs are only reported.
 
     Parameters
     ----------
-    df : rows with a ``patient_id`` column, one per image.
+    manifest : rows with ``path, patient_id``.
+    near_duplicates : pairs with ``path_a, path_b, same_label`` (cxr.manifest.near_duplicates),
+        or None for plain patient groups.
+
+    Returns
+    -------
+    Series aligned with ``manifest``: the group key, the smallest patient id of the group.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    patients = np.array(sorted(manifest["patient_id"].unique()))
+    index = {p: i for i, p in enumerate(patients)}
+    a, b = [], []
+    if near_duplicates is not None and len(near_duplicates):
+        pid = dict(zip(manifest["path"], manifest["patient_id"], strict=True))
+        for pa, pb, same in near_duplicates[["path_a", "path_b", "same_label"]].itertuples(
+            index=False
+        ):
+            if same and pa in pid and pb in pid:
+                a.append(index[pid[pa]])
+                b.append(index[pid[pb]])
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(patients), len(patients)))
+    _, comp = connected_components(graph, directed=False)
+    first = pd.Series(patients).groupby(comp).transform("min").to_numpy()
+    return manifest["patient_id"].map(dict(zip(patients, first, strict=True)))
+
+
+def draw_patients(df: pd.DataFrame, n_images: int, rng: np.random.Generator) -> list[str]:
+    """Draw whole patients in a seeded random order until they hold ``n_images`` images.
+
+    Patients (patient groups) are visited in ``rng.permutation`` of their sorted ids; one who
+    would overshoot ``n_images`` is skipped. Returns the drawn group keys (possibly fewer
+    images than asked if no combination fits; callers check).
+
+    Parameters
+    ----------
+    df : rows with a ``group`` column (see :func:`patient_groups`), one per image.
     n_images : images wanted.
     rng : numpy Generator; consumed once (one permutation).
     """
-    counts = df.groupby("patient_id").size().sort_index()
+    counts = df.groupby("group").size().sort_index()
     order = rng.permutation(counts.index.to_numpy())
     chosen, total = [], 0
     for pid in order:
@@ -49,6 +88,7 @@ def draw_patients(df: pd.DataFrame, n_images: int, rng: np.random.Generator) -> 
 
 def split_manifest(
     manifest: pd.DataFrame,
+    near_duplicates: pd.DataFrame | None = None,
     *,
     seed: int,
     test_per_class: int,
@@ -64,35 +104,37 @@ def split_manifest(
     test_per_class : exact number of test images per class.
     val_fraction : fraction of each class's non-test images for validation (rounded).
     max_per_class : if set, first keep whole patients up to this many images per class.
+    near_duplicates : near-duplicate pairs; patients they link stay in one split
+        (:func:`patient_groups`). None: split by ``patient_id`` alone.
 
     Raises
     ------
     SplitError if a patient has images of two labels, or a class cannot give exactly
     ``test_per_class`` test images.
     """
-    labels_per_patient = manifest.groupby("patient_id")["label"].nunique()
+    df = manifest.assign(group=patient_groups(manifest, near_duplicates))
+    labels_per_patient = df.groupby("patient_id")["label"].nunique()
     if (labels_per_patient > 1).any():
         bad = labels_per_patient[labels_per_patient > 1].index.tolist()[:5]
         raise SplitError(f"patients with images of two labels cannot be split: {bad}")
     rng = np.random.default_rng(seed)
-    assign = pd.Series("train", index=manifest.index, dtype=object)
-    for label in sorted(manifest["label"].unique()):
-        rows = manifest[manifest["label"] == label]
+    assign = pd.Series("train", index=df.index, dtype=object)
+    for label in sorted(df["label"].unique()):
+        rows = df[df["label"] == label]
         if max_per_class is not None:
-            keep = draw_patients(rows, max_per_class, rng)
-            assign[rows.index[~rows["patient_id"].isin(keep)]] = None
-            rows = rows[rows["patient_id"].isin(keep)]
-        test = draw_patients(rows, test_per_class, rng)
-        n_test = int(rows["patient_id"].isin(test).sum())
-        if n_test != test_per_class:
+            keep = rows["group"].isin(draw_patients(rows, max_per_class, rng))
+            assign[rows.index[~keep]] = None
+            rows = rows[keep]
+        in_test = rows["group"].isin(draw_patients(rows, test_per_class, rng))
+        if in_test.sum() != test_per_class:
             raise SplitError(
-                f"class {label!r}: could draw only {n_test} of {test_per_class} test images "
-                f"from {len(rows)} images of {rows['patient_id'].nunique()} patients"
+                f"class {label!r}: could draw only {in_test.sum()} of {test_per_class} test images "
+                f"from {len(rows)} images of {rows['group'].nunique()} patient groups"
             )
-        assign[rows.index[rows["patient_id"].isin(test)]] = "test"
-        rest = rows[~rows["patient_id"].isin(test)]
-        val = draw_patients(rest, round(val_fraction * len(rest)), rng)
-        assign[rest.index[rest["patient_id"].isin(val)]] = "val"
+        assign[rows.index[in_test]] = "test"
+        rest = rows[~in_test]
+        in_val = rest["group"].isin(draw_patients(rest, round(val_fraction * len(rest)), rng))
+        assign[rest.index[in_val]] = "val"
     out = {name: manifest[assign == name].sort_values("path", ignore_index=True) for name in SPLITS}
     check_disjoint(out)
     return out

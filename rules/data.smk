@@ -25,20 +25,25 @@ rule manifest:
         views=config["manifest"]["views"],
         min_side=config["manifest"]["min_side"],
         max_pixels=config["manifest"]["max_pixels"],
+        near_duplicate_distance=config["manifest"]["near_duplicate_distance"],
     message:
         "Building the image manifest"
     shell:
         "python scripts/manifest.py --covid {input.covid:q} --kermany {input.kermany:q}"
         " --manifest {output.manifest:q} --excluded {output.excluded:q}"
+        " --near_duplicates {output.near_duplicates:q}"
+        " --near_duplicate_distance {params.near_duplicate_distance}"
         " --covid_findings {params.covid_findings:q} --modality {params.modality:q}"
         " --views {params.views:q} --min_side {params.min_side} --max_pixels {params.max_pixels}"
         " > {log:q} 2>&1"
 
 
-# Test split set aside first (test_per_class per class), then validation, rest train.
+# Test split set aside first (test_per_class per class), then validation, rest train;
+# patients linked by a near-duplicate image stay together.
 rule split:
     input:
-        rules.manifest.output.manifest,
+        manifest=rules.manifest.output.manifest,
+        near_duplicates=rules.manifest.output.near_duplicates,
     output:
         train="data/splits/train.csv",
         val="data/splits/val.csv",
@@ -59,7 +64,8 @@ rule split:
     message:
         "Splitting by patient (seed {params.seed})"
     shell:
-        "python scripts/split.py --manifest {input:q}"
+        "python scripts/split.py --manifest {input.manifest:q}"
+        " --near_duplicates {input.near_duplicates:q}"
         " --out {output.train:q} {output.val:q} {output.test:q}"
         " --seed {params.seed} --test_per_class {params.test_per_class}"
         " --val_fraction {params.val_fraction} --max_per_class {params.max_per_class}"

@@ -2,18 +2,20 @@
 
 import argparse
 
-from cxr.manifest import build_manifest, write_csv
+from cxr.manifest import build_manifest, near_duplicates, write_csv
 
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--covid", required=True, help="acquired covid-chestxray-dataset folder")
 p.add_argument("--kermany", required=True, help="acquired chest_xray folder")
 p.add_argument("--manifest", required=True)
 p.add_argument("--excluded", required=True)
+p.add_argument("--near_duplicates", required=True, help="near_duplicates.csv to write")
 p.add_argument("--covid_findings", nargs="+", required=True)
 p.add_argument("--modality", required=True)
 p.add_argument("--views", nargs="+", required=True)
 p.add_argument("--min_side", type=int, required=True)
 p.add_argument("--max_pixels", type=int, required=True)
+p.add_argument("--near_duplicate_distance", type=int, required=True, help="phash bits")
 a = p.parse_args()
 df, ex = build_manifest(
     a.covid,
@@ -26,5 +28,12 @@ df, ex = build_manifest(
 )
 write_csv(df, a.manifest)
 write_csv(ex, a.excluded)
+near = near_duplicates(df, a.near_duplicate_distance)
+write_csv(near, a.near_duplicates)
 print(df.groupby("label").agg(images=("path", "size"), patients=("patient_id", "nunique")))
+across_patients, across_labels = int((~near.same_patient).sum()), int((~near.same_label).sum())
+print(
+    f"near-duplicate pairs (phash distance <= {a.near_duplicate_distance}): {len(near)},"
+    f" {across_patients} across patients, {across_labels} across labels"
+)
 print(f"excluded {len(ex)}:\n{ex['reason'].value_counts().to_string()}")

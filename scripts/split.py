@@ -9,6 +9,7 @@ from cxr.split import SPLITS, split_manifest
 
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--manifest", required=True)
+p.add_argument("--near_duplicates", required=True, help="near_duplicates.csv (links patients)")
 p.add_argument("--out", nargs=3, required=True, help="train.csv val.csv test.csv to write")
 p.add_argument("--seed", type=int, required=True)
 p.add_argument("--test_per_class", type=int, required=True)
@@ -18,6 +19,7 @@ a = p.parse_args()
 cap = None if a.max_per_class in ("None", "null", "") else int(a.max_per_class)
 splits = split_manifest(
     pd.read_csv(a.manifest, dtype={"patient_id": str}),
+    pd.read_csv(a.near_duplicates),
     seed=a.seed,
     test_per_class=a.test_per_class,
     val_fraction=a.val_fraction,

@@ -6,9 +6,7 @@ calling Pillow's conversion.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
 import pickle
 import struct
 import types
@@ -23,7 +21,6 @@ from PIL import Image
 from cxr.images import (
     REASONS,
     ImageError,
-    file_sha256,
     format_mismatch,
     image_info,
     load_rgb,
@@ -433,15 +430,6 @@ def test_image_info_and_sniff(tmp_path):
     assert image_info(path) == {"width": 7, "height": 5, "mode": "RGB", "format": "JPEG"}
     assert sniff_format(path) == "JPEG"
     assert format_mismatch(path) is None
-
-
-def test_file_sha256_known_bytes(tmp_path):
-    path = _write(tmp_path, "abc.bin", b"abc")
-    assert file_sha256(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    big = os.urandom(3 * (1 << 20) + 17)  # spans several read chunks
-    assert file_sha256(_write(tmp_path, "big.bin", big)) == hashlib.sha256(big).hexdigest()
-    with pytest.raises(FileNotFoundError):
-        file_sha256(tmp_path / "missing.bin")
 
 
 def test_perceptual_hash_is_grey_phash_and_finds_near_duplicates():

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr.manifest import MetadataError, build_manifest, read_metadata
+from cxr.manifest import MetadataError, build_manifest, near_duplicates, read_metadata
 
 META_COLUMNS = ["patientid", "offset", "finding", "view", "modality", "folder", "filename"]
 
@@ -112,3 +112,15 @@ def test_metadata_missing_column_names_it(tmp_path):
     pd.DataFrame(columns=["patient_id", "finding", "view", "modality", "filename"]).to_csv(p)
     with pytest.raises(MetadataError, match=r"metadata.csv: .*'patientid' \(found 'patient_id'\)"):
         read_metadata(p)
+
+
+def test_near_duplicates_by_hamming_distance():
+    # 64-bit hashes with known Hamming distances: a^b = 0b1 (1 bit), a^c = 0xFF (8 bits)
+    m = pd.DataFrame(
+        {"path": ["a", "b", "c"], "patient_id": ["p1", "p2", "p1"],
+         "label": ["covid", "covid", "non_covid"],
+         "phash": ["0000000000000000", "0000000000000001", "00000000000000ff"]}
+    )  # fmt: skip
+    got = near_duplicates(m, max_distance=7)
+    assert got.values.tolist() == [["a", "b", 1, False, True], ["b", "c", 7, False, False]]
+    assert len(near_duplicates(m, max_distance=0)) == 0

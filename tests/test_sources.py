@@ -122,3 +122,14 @@ def test_weights_from_keras_cache(tmp_path, monkeypatch, mirror):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     out = sources.acquire_weights(tmp_path / "w.h5")
     assert sources.file_hash(out, "md5") == sources.WEIGHTS_MD5
+
+
+def test_file_hash_known_bytes(tmp_path):
+    (tmp_path / "abc.bin").write_bytes(b"abc")
+    # FIPS 180-2 test vector for "abc"
+    expected = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert sources.file_hash(tmp_path / "abc.bin") == expected
+    big = os.urandom(3 * (1 << 20) + 17)  # spans several read chunks
+    (tmp_path / "big.bin").write_bytes(big)
+    assert sources.file_hash(tmp_path / "big.bin") == hashlib.sha256(big).hexdigest()
+    assert sources.file_hash(tmp_path / "abc.bin", "md5") == hashlib.md5(b"abc").hexdigest()

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from cxr.split import SplitError, check_disjoint, split_manifest
+from cxr.split import SplitError, check_disjoint, patient_groups, split_manifest
 
 
 def make_manifest(patients: dict[str, tuple[str, int]]) -> pd.DataFrame:
@@ -90,3 +90,26 @@ def test_identical_image_in_two_splits_is_refused():
     s = {"train": m.iloc[[0]], "test": m.iloc[[1]].assign(sha256=m.sha256[0])}
     with pytest.raises(SplitError, match="sha256 shared by train and test"):
         check_disjoint(s)
+
+
+def test_near_duplicate_patients_stay_together():
+    # A and B share a near-duplicate image (same label): one group, always in the same split.
+    # C (covid) has a near duplicate in non_covid patient X: reported only, not linked.
+    m = make_manifest(
+        {"A": ("covid", 1), "B": ("covid", 1), "C": ("covid", 1), "D": ("covid", 1),
+         "X": ("non_covid", 1), "Y": ("non_covid", 1), "Z": ("non_covid", 1)}
+    )  # fmt: skip
+    pairs = pd.DataFrame(
+        {"path_a": ["img/A_0.png", "img/C_0.png"], "path_b": ["img/B_0.png", "img/X_0.png"],
+         "same_label": [True, False]}
+    )  # fmt: skip
+    groups = patient_groups(m, pairs)
+    assert dict(zip(m.patient_id, groups, strict=True)) == {
+        "A": "A", "B": "A", "C": "C", "D": "D", "X": "X", "Y": "Y", "Z": "Z"
+    }  # fmt: skip
+    for seed in range(10):
+        s = split_manifest(m, pairs, seed=seed, test_per_class=1, val_fraction=0.5)
+        where = {pid: name for name, d in s.items() for pid in d.patient_id}
+        assert where["A"] == where["B"]
+        # the covid test image is C or D: the A+B group (2 images) cannot fill 1 test slot
+        assert set(s["test"][s["test"].label == "covid"].patient_id) <= {"C", "D"}
