@@ -9,6 +9,7 @@ rule manifest:
     output:
         manifest="data/interim/manifest.csv",
         excluded="data/interim/excluded.csv",
+        near_duplicates="data/interim/near_duplicates.csv",
     log:
         "logs/manifest.log",
     benchmark:
