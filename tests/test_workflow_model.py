@@ -1,0 +1,94 @@
+"""End to end: the model rules of the smoke run (train x3, evaluate x4, report) on the real mirror.
+
+Uses the session's ``smoke_run`` (tests/config/smoke.yaml: 64 px, 1 epoch a stage, batch 8).
+Expected file lists are written out here, not imported from rules/model.smk.
+"""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cxr.store import load_store
+
+from .conftest import snakemake
+
+pytestmark = pytest.mark.e2e
+
+STAGES = ["model_01", "model_02", "model_03"]
+EVALUATIONS = [("model_01", "val"), ("model_02", "val"), ("model_03", "val"), ("model_03", "test")]
+FIGURES = [
+    *(f"{s}_curves.png" for s in STAGES),
+    *(f"{m}_{s}_confusion.png" for m, s in EVALUATIONS),
+    *(f"{m}_{s}_report.png" for m, s in EVALUATIONS),
+    "model_03_test_samples.png",
+]
+HISTORY_COLUMNS = [
+    "epoch",
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "learning_rate",
+    "seconds",
+]
+
+
+def test_models_and_histories(smoke_run):
+    for stage in STAGES:
+        model = smoke_run / "models" / f"{stage}.keras"
+        assert model.stat().st_size > 50_000_000, stage  # VGG19 alone is 80 MB of float32
+        history = pd.read_csv(smoke_run / "reports/history" / f"{stage}.csv")
+        assert list(history.columns) == HISTORY_COLUMNS
+        assert history["epoch"].tolist() == [1]  # smoke: 1 epoch a stage
+        assert np.isfinite(history.drop(columns="epoch").to_numpy()).all()
+        assert 0 <= history["accuracy"].iloc[0] <= 1
+        log = (smoke_run / "logs" / f"train_{stage}.log").read_text()
+        assert "val_loss" in log and "Epoch 1" in log  # Keras' per-epoch progress lines
+    assert not list((smoke_run / "models").glob("*.tmp*"))
+    lr = pd.read_csv(smoke_run / "reports/history/model_03.csv")["learning_rate"].iloc[0]
+    assert 9.99e-5 < lr < 1e-4  # SGD 1e-4 with 1e-6 inverse time decay, a few steps in
+
+
+def test_metrics_match_the_stores(smoke_run):
+    for model, split in EVALUATIONS:
+        store = load_store(smoke_run / "data/store" / f"{split}.npz")
+        metrics = json.loads((smoke_run / "reports/metrics" / f"{model}_{split}.json").read_text())
+        cm = np.array(metrics["confusion_matrix"])
+        assert cm.shape == (2, 2)
+        assert cm.sum() == len(store["labels"]) == metrics["n"]
+        # rows are the true classes: their sums are the store's class counts
+        assert cm.sum(axis=1).tolist() == np.bincount(store["labels"], minlength=2).tolist()
+        assert metrics["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+        tn, fp, fn, tp = cm.ravel()
+        assert metrics["sensitivity"] == pytest.approx(tp / (tp + fn))
+        assert metrics["specificity"] == pytest.approx(tn / (tn + fp))
+        preds = pd.read_csv(
+            smoke_run / "reports/predictions" / f"{model}_{split}.csv", dtype={"patient_id": str}
+        )
+        assert preds["path"].tolist() == list(store["paths"])
+        assert preds["patient_id"].tolist() == list(store["patient_ids"])
+        assert preds["p_covid"].between(0, 1).all()
+        # the predictions table and the confusion matrix agree
+        recount = pd.crosstab(preds["label"], preds["predicted"]).reindex(
+            index=["non_covid", "covid"], columns=["non_covid", "covid"], fill_value=0
+        )
+        assert recount.to_numpy().tolist() == cm.tolist()
+
+
+def test_figures_are_real_pngs(smoke_run):
+    for name in FIGURES:
+        path = smoke_run / "reports/figures" / name
+        with Image.open(path) as im:
+            im.load()
+            assert im.format == "PNG", name
+            w, h = im.size
+        assert 200 < w < 3000 and 100 < h < 3000, (name, im.size)
+        # not a blank canvas: some pixels differ from the background
+        assert np.asarray(Image.open(path).convert("L")).std() > 5, name
+
+
+def test_second_dry_run_has_nothing_to_do(smoke_run):
+    assert "Nothing to be done" in snakemake(smoke_run, "-n").stdout
