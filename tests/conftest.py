@@ -39,7 +39,7 @@ def copy_checkout(dest: Path) -> Path:
 
 
 def snakemake(
-    workdir: Path, *args: str, smoke: bool = True, check: bool = True
+    workdir: Path, *args: str, smoke: bool = True, check: bool = True, mirror: Path = MIRROR
 ) -> subprocess.CompletedProcess:
     """Run snakemake in ``workdir`` on the real mirror, with the smoke overlay unless told not.
 
@@ -56,7 +56,7 @@ def snakemake(
         "2",
         *overlay,
         "--config",
-        f"mirror={MIRROR}",
+        f"mirror={mirror}",
         f"pretrained_weights={WEIGHTS}",
     ]
     # Rules call `python`: make it this interpreter, whatever PATH the test runner had.
@@ -86,8 +86,17 @@ def mirror() -> Path:
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory, mirror) -> Path:
-    """A temporary copy of the checkout where the whole smoke workflow has run once."""
+def corpus_mirror(tmp_path_factory, mirror) -> Path:
+    """The real mirror plus the generated bad-input corpus (tests/corpus.py), as a mirror."""
+    from .corpus import make_corpus_mirror
+
+    return make_corpus_mirror(mirror, tmp_path_factory.mktemp("corpus-mirror"))
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, corpus_mirror) -> Path:
+    """A temporary copy of the checkout where the whole smoke workflow has run once, on the
+    real mirror plus the bad-input corpus (which must not crash any step)."""
     workdir = copy_checkout(tmp_path_factory.mktemp("smoke"))
-    snakemake(workdir)
+    snakemake(workdir, mirror=corpus_mirror)
     return workdir
