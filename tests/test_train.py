@@ -167,3 +167,14 @@ def test_stage_refuses_both_starts(stores, tmp_path):
             init="y.keras",
             epochs=1,
         )
+
+
+def test_same_seed_same_model(stores, tmp_path):
+    kwargs = dict(batch_size=4, epochs=1, seed=7, frozen_layers=17, workers=2, verbose=0)
+    train, val = stores / "train.npz", stores / "val.npz"
+    for run in ("a", "b"):
+        train_stage(train, val, tmp_path / f"{run}.keras", tmp_path / f"{run}.csv", **kwargs)
+    a, b = load_model(tmp_path / "a.keras"), load_model(tmp_path / "b.keras")
+    assert all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights(), strict=True))
+    ha, hb = read_history(tmp_path / "a.csv"), read_history(tmp_path / "b.csv")
+    assert [r["loss"] for r in ha] == [r["loss"] for r in hb]
