@@ -117,8 +117,17 @@ def make_corpus_mirror(real_mirror: Path, dest: Path) -> Path:
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         os.symlink(real_mirror / rel, dest / rel)
     covid = "covid-chestxray-dataset"
-    real_image = next(line.split()[1] for line in sums if line.split()[1].endswith(".jpeg"))
-    files = corpus_files((real_mirror / real_image).read_bytes())
+    # A real image the manifest takes (COVID-19, PA) whose name sorts before "bad-": the
+    # generated copy is then the later path, the one excluded as a duplicate.
+    meta_rows = list(
+        csv.DictReader(io.StringIO((real_mirror / covid / "metadata.csv").read_text()))
+    )
+    real_image = next(
+        r["filename"] for r in meta_rows
+        if r["finding"] == "COVID-19" and r["view"] == "PA" and r["modality"] == "X-ray"
+        and r["filename"] < "bad-" and (real_mirror / covid / "images" / r["filename"]).is_file()
+    )  # fmt: skip
+    files = corpus_files((real_mirror / covid / "images" / real_image).read_bytes())
     added = {f"{covid}/images/{name}": data for name, data in files.items()}
     added[CROSS_CLASS_KERMANY] = files["bad-both-classes.png"]
     meta = (real_mirror / covid / "metadata.csv").read_text()
