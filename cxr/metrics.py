@@ -6,8 +6,8 @@ confusion matrix and classification report from labels and ``p_covid``, and writ
 rename). Touches only the paths it is given.
 
 Conventions: classes in :data:`cxr.CLASSES` order, covid (index 1) the positive class;
-predicted class = argmax of the softmax, i.e. covid when ``p_covid > 0.5`` (a tie goes to
-non_covid, as ``numpy.argmax`` picks the first maximum).
+``p_covid`` is softmax column 1 and the predicted class is covid when ``p_covid > 0.5`` (the
+argmax of the two-class softmax; an exact tie goes to non_covid, as ``numpy.argmax`` would).
 
 References
 ----------
@@ -33,7 +33,16 @@ PREDICTION_COLUMNS = ("path", "patient_id", "label", "predicted", "p_covid")
 
 
 def predicted_labels(p_covid: np.ndarray) -> np.ndarray:
-    """Class index predicted from ``(N,)`` float ``p_covid``: 1 where ``p_covid > 0.5``."""
+    """Predicted class index from the probability of covid.
+
+    Parameters
+    ----------
+    p_covid : ``(N,)`` floats in [0, 1], softmax column 1.
+
+    Returns
+    -------
+    ``(N,) int`` array: 1 (covid) where ``p_covid > 0.5``, else 0 (non_covid).
+    """
     return (np.asarray(p_covid, dtype=float) > 0.5).astype(int)
 
 
@@ -167,5 +176,9 @@ def write_metrics(metrics: dict, path) -> None:
 
 
 def write_predictions(frame: pd.DataFrame, path) -> None:
-    """Write a :func:`predictions_frame` as CSV (``p_covid`` to 6 decimals), atomically."""
+    """Write a :func:`predictions_frame` as CSV, atomically.
+
+    ``p_covid`` is written with 6 decimals; ``predicted`` was computed before rounding, so it
+    is the class the metrics counted. The folder of ``path`` is created.
+    """
     _atomic_write_text(path, frame.to_csv(index=False, float_format="%.6f"))

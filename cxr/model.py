@@ -117,7 +117,13 @@ def build_model(
 
 
 def base_of(model: keras.Model) -> keras.Model:
-    """The nested VGG19 base of a classifier built by :func:`build_model`."""
+    """The nested VGG19 base (22 layers) of a classifier built by :func:`build_model`.
+
+    Raises
+    ------
+    ValueError
+        If ``model`` has no layer named :data:`BASE_NAME` (from ``Model.get_layer``).
+    """
     return model.get_layer(BASE_NAME)
 
 

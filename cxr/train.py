@@ -1,9 +1,10 @@
 """Training of one stage (model_01, model_02 or model_03) on the split store.
 
-Owned by the model half. Reads the train/val stores (:mod:`cxr.store`), the pretrained
-``.h5`` (stage 1) or the previous stage's ``.keras`` (stages 2-3); writes only the model and
-history paths it is given, each through a temporary name renamed into place, so no
-half-written file ever sits at an output path.
+Owned by the model half. Imports Keras (TensorFlow) at import time: call
+:func:`configure_threads` before the first TensorFlow op. Reads the train/val stores
+(:mod:`cxr.store`), the pretrained ``.h5`` (stage 1) or the previous stage's ``.keras``
+(stages 2-3); writes only the model and history paths it is given, each through a temporary
+name renamed into place, so no half-written file ever sits at an output path.
 
 Data: training batches are real-time augmented with :func:`cxr.augment.build_recipe` on the
 uint8 images (before the model's own ``preprocess_input``) by :class:`AugmentedBatches`, a
@@ -89,12 +90,46 @@ def class_weights(labels: np.ndarray, n_classes: int = 2) -> dict[int, float]:
 
 
 def one_hot(labels: np.ndarray, n_classes: int = 2) -> np.ndarray:
-    """``(N,)`` int labels -> ``(N, n_classes) float32`` one-hot targets."""
-    return np.eye(n_classes, dtype="float32")[np.asarray(labels).astype(int)]
+    """One-hot targets for categorical cross-entropy.
+
+    Parameters
+    ----------
+    labels : ``(N,)`` ints in ``[0, n_classes)``.
+
+    Returns
+    -------
+    ``(N, n_classes) float32`` array, 1.0 in column ``labels[i]`` of row i.
+
+    Raises
+    ------
+    IndexError
+        If a label is outside ``[0, n_classes)``.
+    """
+    labels = np.asarray(labels).astype(int)
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise IndexError(f"labels must be in [0, {n_classes}), got {np.unique(labels)}")
+    return np.eye(n_classes, dtype="float32")[labels]
 
 
 def batch_seed(seed: int, epoch: int, index: int) -> int:
-    """Seed of one training batch's augmentation (32-bit), from ``(seed, epoch, index)``."""
+    """Seed of one training batch's augmentation.
+
+    Parameters
+    ----------
+    seed : run seed (``train.seed``), int >= 0.
+    epoch : 0-based epoch, int >= 0.
+    index : 0-based batch index within the epoch, int >= 0.
+
+    Returns
+    -------
+    int in ``[0, 2**32)``, from ``numpy.random.SeedSequence([seed, epoch, index])`` (independent
+    streams per batch, whatever order worker threads build them in).
+
+    Raises
+    ------
+    ValueError
+        If an argument is negative (from ``SeedSequence``).
+    """
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
@@ -179,7 +214,19 @@ class EpochLog(keras.callbacks.Callback):
 
 
 def write_history(rows: list[dict], path) -> None:
-    """Write history rows as CSV with :data:`HISTORY_COLUMNS`, atomically."""
+    """Write history rows as CSV with :data:`HISTORY_COLUMNS`, atomically.
+
+    Parameters
+    ----------
+    rows : dicts with the keys of :data:`HISTORY_COLUMNS` (``EpochLog.rows``); losses are
+        categorical cross-entropy (nats), accuracies fractions, ``seconds`` wall time.
+    path : output CSV; its folder is created; written as ``<name>.tmp`` then renamed.
+
+    Raises
+    ------
+    ValueError
+        If a row has a key outside :data:`HISTORY_COLUMNS` (from ``csv.DictWriter``).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
