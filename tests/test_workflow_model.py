@@ -5,17 +5,17 @@ Expected file lists are written out here, not imported from rules/model.smk.
 """
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from cxr.store import load_store
 
-from .conftest import snakemake
-
-pytestmark = pytest.mark.e2e
+from .conftest import REPO, copy_checkout, snakemake
 
 STAGES = ["model_01", "model_02", "model_03"]
 EVALUATIONS = [("model_01", "val"), ("model_02", "val"), ("model_03", "val"), ("model_03", "test")]
@@ -36,6 +36,33 @@ HISTORY_COLUMNS = [
 ]
 
 
+def test_every_config_key_reaches_its_script():
+    """Each train/evaluate/report key is a rule param and an option of the same name."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    rules = (REPO / "rules/model.smk").read_text()
+    train = config["train"]
+    keys = {
+        "train": [k for k in train if not k.startswith("model_")]
+        + sorted({k for s in ("model_01", "model_02", "model_03") for k in train[s]}),
+        "evaluate": list(config["evaluate"]),
+        "report": list(config["report"]),
+    }
+    for script, names in keys.items():
+        source = (REPO / "scripts" / f"{script}.py").read_text()
+        for key in names:
+            assert f'"--{key}"' in source, (script, key)
+            assert re.search(rf"--{key} {{params\.{key}(:q)?}}", rules), (script, key)
+
+
+def test_dry_run_schedules_the_model_jobs(tmp_path):
+    out = snakemake(copy_checkout(tmp_path), "-n", "--quiet", "rules").stdout
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
+    expected = {"train_model_01": "1", "train_model_02": "1", "train_model_03": "1"}
+    assert {k: counts.get(k) for k in expected} == expected
+    assert counts.get("evaluate") == "4" and counts.get("report") == "1"
+
+
+@pytest.mark.e2e
 def test_models_and_histories(smoke_run):
     for stage in STAGES:
         model = smoke_run / "models" / f"{stage}.keras"
@@ -52,6 +79,7 @@ def test_models_and_histories(smoke_run):
     assert 9.99e-5 < lr < 1e-4  # SGD 1e-4 with 1e-6 inverse time decay, a few steps in
 
 
+@pytest.mark.e2e
 def test_metrics_match_the_stores(smoke_run):
     for model, split in EVALUATIONS:
         store = load_store(smoke_run / "data/store" / f"{split}.npz")
@@ -78,6 +106,7 @@ def test_metrics_match_the_stores(smoke_run):
         assert recount.to_numpy().tolist() == cm.tolist()
 
 
+@pytest.mark.e2e
 def test_figures_are_real_pngs(smoke_run):
     for name in FIGURES:
         path = smoke_run / "reports/figures" / name
@@ -90,5 +119,6 @@ def test_figures_are_real_pngs(smoke_run):
         assert np.asarray(Image.open(path).convert("L")).std() > 5, name
 
 
+@pytest.mark.e2e
 def test_second_dry_run_has_nothing_to_do(smoke_run):
     assert "Nothing to be done" in snakemake(smoke_run, "-n").stdout
