@@ -39,7 +39,12 @@ def copy_checkout(dest: Path) -> Path:
 
 
 def snakemake(
-    workdir: Path, *args: str, smoke: bool = True, check: bool = True, mirror: Path = MIRROR
+    workdir: Path,
+    *args: str,
+    smoke: bool = True,
+    check: bool = True,
+    mirror: Path = MIRROR,
+    cores: int = 2,
 ) -> subprocess.CompletedProcess:
     """Run snakemake in ``workdir`` on the real mirror, with the smoke overlay unless told not.
 
@@ -53,7 +58,7 @@ def snakemake(
         "snakemake",
         *args,
         "--cores",
-        "2",
+        str(cores),
         *overlay,
         "--config",
         f"mirror={mirror}",

@@ -7,6 +7,7 @@ from PIL import Image
 
 from cxr.augment import augment_one
 from cxr.images import load_rgb
+from cxr.sources import file_hash
 from cxr.store import load_store
 
 from .conftest import copy_checkout, snakemake
@@ -67,3 +68,23 @@ def test_default_split_on_full_mirror(tmp_path, mirror):
     aug = read(work, "data/augmented/augmented.csv")
     assert (splits["train"].label == "covid").sum() + len(aug) == 600
     assert "Nothing to be done" in snakemake(work, *cmd, smoke=False).stdout
+
+
+def test_data_outputs_byte_identical_with_one_core(smoke_run, corpus_mirror, tmp_path):
+    # Same config and seed, --cores 1 instead of 2, another folder: the same bytes.
+    work = copy_checkout(tmp_path)
+    targets = ("data/store/train.npz", "data/store/val.npz", "data/store/test.npz")
+    snakemake(work, *targets, cores=1, mirror=corpus_mirror)
+    rels = [
+        "data/interim/manifest.csv", "data/interim/excluded.csv",
+        "data/interim/near_duplicates.csv", "data/augmented/augmented.csv",
+        *(f"data/splits/{s}.csv" for s in ("train", "val", "test")),
+    ]  # fmt: skip
+    rels += [p.relative_to(work).as_posix() for p in (work / "data/augmented/images").iterdir()]
+    assert len(rels) > 8
+    for rel in rels:
+        assert file_hash(work / rel) == file_hash(smoke_run / rel), rel
+    for split in ("train", "val", "test"):
+        a = load_store(work / f"data/store/{split}.npz")
+        b = load_store(smoke_run / f"data/store/{split}.npz")
+        assert all(np.array_equal(a[k], b[k]) for k in a), split
