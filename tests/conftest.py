@@ -43,14 +43,20 @@ def snakemake(
     *args: str,
     smoke: bool = True,
     check: bool = True,
-    mirror: Path = MIRROR,
+    mirror: Path | None = None,
     cores: int = 2,
 ) -> subprocess.CompletedProcess:
     """Run snakemake in ``workdir`` on the real mirror, with the smoke overlay unless told not.
 
     Returns the finished process; its ``stdout`` holds stdout and stderr together.
     ``args`` (targets, flags) come first: ``--configfile``/``--config`` take every word after.
+    ``mirror`` is a config parameter (a change reruns acquire): by default the one this
+    workdir first ran with (remembered in ``.test-mirror``), else the real mirror.
     """
+    remembered = workdir / ".test-mirror"
+    if mirror is None:
+        mirror = Path(remembered.read_text()) if remembered.is_file() else MIRROR
+    remembered.write_text(str(mirror))
     overlay = ["--configfile", "tests/config/smoke.yaml"] if smoke else []
     cmd = [
         sys.executable,
