@@ -1,10 +1,23 @@
 # What every rule shares: config validation (schema with defaults), quoting of config values
 # that reach a shell, and the lists of final targets.
+import os
 import shlex
 
 from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml")
+
+
+def check_paths(config):
+    """Refuse, naming the config key, paths that cannot be what they claim to be."""
+    mirror, weights = config["mirror"], config["pretrained_weights"]
+    if mirror and not os.path.isfile(os.path.join(mirror, "SHA256SUMS")):
+        raise ValueError(f"config 'mirror': {mirror!r} is not a folder holding a SHA256SUMS")
+    if weights and not os.path.isfile(weights):
+        raise ValueError(f"config 'pretrained_weights': {weights!r} is not a file")
+
+
+check_paths(config)
 
 # Jobs import the cxr package from this checkout, also under --sdm conda and on a cluster.
 # (Snakemake formats the prefix too, hence the doubled braces of the shell expansion.)

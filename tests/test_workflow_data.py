@@ -1,5 +1,8 @@
 """End to end: the data rules on the real mirror (smoke overlay, and the default split)."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -88,3 +91,20 @@ def test_data_outputs_byte_identical_with_one_core(smoke_run, corpus_mirror, tmp
         a = load_store(work / f"data/store/{split}.npz")
         b = load_store(smoke_run / f"data/store/{split}.npz")
         assert all(np.array_equal(a[k], b[k]) for k in a), split
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (["mirror=/nonexistent"], "config 'mirror': '/nonexistent' is not a folder"),
+        (["pretrained_weights=/no/such.h5"], "config 'pretrained_weights': '/no/such.h5'"),
+        (["split={'seed': 'x'}"], "'x' is not of type 'integer'"),
+        (["split={'seeed': 1}"], "Additional properties are not allowed ('seeed' was unexpected)"),
+    ],
+)
+def test_bad_config_refused_naming_the_key(tmp_path, config, message):
+    work = copy_checkout(tmp_path)
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--config", *config]
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
