@@ -12,7 +12,9 @@ def check_paths(config):
     """Refuse, naming the config key, paths that cannot be what they claim to be."""
     mirror, weights = config["mirror"], config["pretrained_weights"]
     if mirror and not os.path.isfile(os.path.join(mirror, "SHA256SUMS")):
-        raise ValueError(f"config 'mirror': {mirror!r} is not a folder holding a SHA256SUMS")
+        raise ValueError(
+            f"config 'mirror': {mirror!r} is not a folder holding a SHA256SUMS"
+        )
     if weights and not os.path.isfile(weights):
         raise ValueError(f"config 'pretrained_weights': {weights!r} is not a file")
 

@@ -133,3 +133,41 @@ def test_file_hash_known_bytes(tmp_path):
     (tmp_path / "big.bin").write_bytes(big)
     assert sources.file_hash(tmp_path / "big.bin") == hashlib.sha256(big).hexdigest()
     assert sources.file_hash(tmp_path / "abc.bin", "md5") == hashlib.md5(b"abc").hexdigest()
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A loopback HTTP server over tmp_path/www; yields (base_url, folder). Stopped after."""
+    import functools
+    import http.server
+    import threading
+
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", www
+    server.shutdown()
+    thread.join(5)
+
+
+def test_download_cut_short_is_fetched_again(http_server, tmp_path):
+    url, www = http_server
+    data = os.urandom(50_000)
+    (www / "a.zip").write_bytes(data)
+    dest = tmp_path / "dl" / "a.zip"
+    dest.parent.mkdir()
+    dest.write_bytes(data[:1000])  # an earlier download cut short
+    sources._download(url + "a.zip", "sha256:" + hashlib.sha256(data).hexdigest(), dest)
+    assert dest.read_bytes() == data
+
+
+def test_download_with_wrong_checksum_is_refused(http_server, tmp_path):
+    url, www = http_server
+    (www / "a.zip").write_bytes(b"tampered")
+    with pytest.raises(ValueError, match="hash"):
+        sources._download(url + "a.zip", "sha256:" + "0" * 64, tmp_path / "a.zip")
+    assert not (tmp_path / "a.zip").exists()
