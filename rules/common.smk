@@ -1,4 +1,4 @@
-# What every rule shares: config validation (schema with defaults), quoting of config values
+# Shared by all rules: config validation (schema with defaults), quoting of config values
 # that reach a shell, and the lists of final targets.
 import os
 import shlex
