@@ -25,6 +25,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from cxr import CLASSES  # noqa: E402
+from cxr.metrics import format_interval  # noqa: E402
 
 WRONG = "tab:red"
 RIGHT = "tab:green"
@@ -107,12 +108,26 @@ def confusion_figure(metrics: dict, title: str) -> Figure:
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("Predicted class")
     ax.set_ylabel("True class")
-    ax.set_title(
-        f"{title} (n={int(cm.sum())})\naccuracy {metrics['accuracy']:.3f}, sensitivity "
-        f"{metrics['sensitivity']:.3f}, specificity {metrics['specificity']:.3f}",
-        fontsize=10,
-    )
+    ax.set_title(f"{title} (n={int(cm.sum())})\n" + _scores_line(metrics), fontsize=10)
     return fig
+
+
+def _interval_text(metrics: dict, name: str) -> str:
+    """``"0.750 [0.301, 0.954]"`` from ``metrics["intervals"][name]``, else the point value."""
+    entry = metrics.get("intervals", {}).get(name)
+    if entry is not None:
+        return format_interval(entry)
+    value = metrics.get(name)
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _scores_line(metrics: dict) -> str:
+    """Accuracy, sensitivity and specificity, with their intervals when the metrics have them."""
+    parts = [f"{k} {_interval_text(metrics, k)}" for k in ("accuracy", "sensitivity")]
+    line = ", ".join(parts) + f",\nspecificity {_interval_text(metrics, 'specificity')}"
+    if "confidence" in metrics:
+        line += f" ({metrics['confidence']:.0%} intervals)"
+    return line
 
 
 def report_table_figure(metrics: dict, title: str) -> Figure:
@@ -142,8 +157,18 @@ def report_table_figure(metrics: dict, title: str) -> Figure:
     if metrics.get("roc_auc") is not None:
         cells.append(["", "", f"{metrics['roc_auc']:.3f}", "", str(int(metrics["n"]))])
         labels.append("ROC AUC (p_covid)")
-    fig = Figure(figsize=(8, 0.3 * (len(cells) + 1) + 0.5))
-    ax = fig.subplots()
+    intervals = metrics.get("intervals")
+    rows_below = len(intervals) + 1 if intervals else 0
+    fig = Figure(
+        figsize=(8, 0.3 * (len(cells) + 1) + 0.5 + 0.3 * rows_below + 0.6 * bool(rows_below))
+    )
+    axes = fig.subplots(
+        2 if intervals else 1,
+        1,
+        height_ratios=[len(cells) + 1, rows_below] if intervals else None,
+        squeeze=False,
+    )[:, 0]
+    ax = axes[0]
     ax.axis("off")
     table = ax.table(
         cellText=cells,
@@ -155,7 +180,52 @@ def report_table_figure(metrics: dict, title: str) -> Figure:
     table.auto_set_font_size(False)
     table.set_fontsize(10)
     ax.set_title(f"Classification report: {title} (positive class: {classes[1]})")
+    if intervals:
+        _intervals_table(axes[1], metrics)
     return fig
+
+
+#: Row labels of the intervals table, in order.
+INTERVAL_LABELS = {
+    "sensitivity": "sensitivity (recall covid)",
+    "specificity": "specificity (recall non_covid)",
+    "ppv": "PPV (precision covid)",
+    "npv": "NPV (precision non_covid)",
+    "accuracy": "accuracy",
+    "roc_auc": "ROC AUC (p_covid)",
+}
+
+
+def _intervals_table(ax, metrics: dict) -> None:
+    """Estimate, interval and counts (or bootstrap method) per entry of ``metrics["intervals"]``."""
+    level = f"{metrics.get('confidence', 0.95):.0%}"
+    cells, labels = [], []
+    for name, entry in metrics["intervals"].items():
+        est = entry.get("estimate")
+        lo, hi = entry.get("lower"), entry.get("upper")
+        if "trials" in entry:
+            basis = f"{entry['successes']} / {entry['trials']} (Wilson)"
+        else:
+            basis = f"{entry['n_patients']} patients, {entry['n_resamples']} resamples"
+        cells.append(
+            [
+                "n/a" if est is None else f"{est:.3f}",
+                "n/a" if lo is None else f"[{lo:.3f}, {hi:.3f}]",
+                basis,
+            ]
+        )
+        labels.append(INTERVAL_LABELS.get(name, name))
+    ax.axis("off")
+    table = ax.table(
+        cellText=cells,
+        rowLabels=labels,
+        colLabels=["estimate", f"{level} interval", "basis"],
+        cellLoc="center",
+        bbox=[0, 0, 1, 1],
+    )
+    table.auto_set_font_size(False)
+    table.set_fontsize(10)
+    ax.set_title(f"With {level} intervals (bootstrap: patients resampled, not images)")
 
 
 def samples_figure(

@@ -15,6 +15,11 @@ MODEL_OUTPUTS = [
     *expand("reports/history/{stage}.csv", stage=STAGES),
     *expand("reports/metrics/{evaluation}.json", evaluation=EVALUATIONS),
     *expand("reports/predictions/{evaluation}.csv", evaluation=EVALUATIONS),
+    *expand(
+        "reports/curves/{evaluation}_{curve}.csv",
+        evaluation=EVALUATIONS,
+        curve=["roc", "pr", "calibration"],
+    ),
     *expand("reports/figures/{stage}_curves.png", stage=STAGES),
     *expand("reports/figures/{evaluation}_confusion.png", evaluation=EVALUATIONS),
     *expand("reports/figures/{evaluation}_report.png", evaluation=EVALUATIONS),
@@ -166,7 +171,8 @@ rule train_model_03:
         " --momentum {params.momentum} --nesterov {params.nesterov} > {log:q} 2>&1"
 
 
-# One model on one split: confusion matrix and scores (JSON), p_covid per image (CSV).
+# One model on one split: scores with intervals, calibration (JSON), p_covid per image (CSV),
+# ROC / precision-recall / reliability tables (CSV, plots-friendly).
 rule evaluate:
     input:
         model="models/{model}.keras",
@@ -174,6 +180,9 @@ rule evaluate:
     output:
         metrics="reports/metrics/{model}_{split}.json",
         predictions="reports/predictions/{model}_{split}.csv",
+        roc="reports/curves/{model}_{split}_roc.csv",
+        pr="reports/curves/{model}_{split}_pr.csv",
+        calibration="reports/curves/{model}_{split}_calibration.csv",
     log:
         "logs/evaluate/{model}_{split}.log",
     benchmark:
@@ -189,12 +198,20 @@ rule evaluate:
         runtime=30,
     params:
         batch_size=config["evaluate"]["batch_size"],
+        bootstrap_resamples=config["evaluate"]["bootstrap_resamples"],
+        bootstrap_seed=config["evaluate"]["bootstrap_seed"],
+        confidence=config["evaluate"]["confidence"],
+        calibration_bins=config["evaluate"]["calibration_bins"],
     message:
         "Evaluating {wildcards.model} on {wildcards.split}"
     shell:
         "python scripts/evaluate.py --model {input.model:q} --store {input.store:q}"
         " --metrics {output.metrics:q} --predictions {output.predictions:q}"
-        " --batch_size {params.batch_size} --threads {threads} > {log:q} 2>&1"
+        " --roc {output.roc:q} --pr {output.pr:q} --calibration {output.calibration:q}"
+        " --batch_size {params.batch_size} --threads {threads}"
+        " --bootstrap_resamples {params.bootstrap_resamples}"
+        " --bootstrap_seed {params.bootstrap_seed} --confidence {params.confidence}"
+        " --calibration_bins {params.calibration_bins} > {log:q} 2>&1"
 
 
 # Figures: curves per stage, confusion matrices and report tables, a grid of test images.
@@ -209,12 +226,31 @@ rule report:
         predictions="reports/predictions/model_03_test.csv",
         test_store="data/store/test.npz",
     output:
-        curves=expand("reports/figures/{stage}_curves.png", stage=STAGES),
-        confusion=expand(
-            "reports/figures/{evaluation}_confusion.png", evaluation=EVALUATIONS
+        curves=report(
+            expand("reports/figures/{stage}_curves.png", stage=STAGES),
+            caption="../report/training_curves.rst",
+            category="1. Training",
         ),
-        tables=expand("reports/figures/{evaluation}_report.png", evaluation=EVALUATIONS),
-        samples="reports/figures/model_03_test_samples.png",
+        confusion=report(
+            expand(
+                "reports/figures/{evaluation}_confusion.png", evaluation=EVALUATIONS
+            ),
+            caption="../report/confusion.rst",
+            category="2. Evaluation",
+            subcategory="Confusion matrices",
+        ),
+        tables=report(
+            expand("reports/figures/{evaluation}_report.png", evaluation=EVALUATIONS),
+            caption="../report/report_table.rst",
+            category="2. Evaluation",
+            subcategory="Scores with intervals",
+        ),
+        samples=report(
+            "reports/figures/model_03_test_samples.png",
+            caption="../report/test_samples.rst",
+            category="2. Evaluation",
+            subcategory="Test samples",
+        ),
     log:
         "logs/report.log",
     benchmark:
