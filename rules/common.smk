@@ -35,6 +35,14 @@ def optional_arg(flag, value):
     return f"{flag} {shlex.quote(str(value))}" if value else ""
 
 
+def with_resources(message):
+    """A rule's message plus its threads and resources, so that a dry run (also with
+    --profile profiles/slurm) shows what each job would ask a scheduler for."""
+    return (
+        message + " [{threads} threads, {resources.mem_mb} MB, {resources.runtime} min]"
+    )
+
+
 SPLITS = ["train", "val", "test"]
 PRETRAINED = "models/pretrained/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 

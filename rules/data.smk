@@ -28,7 +28,7 @@ rule manifest:
         max_pixels=config["manifest"]["max_pixels"],
         near_duplicate_distance=config["manifest"]["near_duplicate_distance"],
     message:
-        "Building the image manifest"
+        with_resources("Building the image manifest")
     shell:
         "python scripts/manifest.py --covid {input.covid:q} --kermany {input.kermany:q}"
         " --manifest {output.manifest:q} --excluded {output.excluded:q}"
@@ -63,7 +63,7 @@ rule split:
         val_fraction=config["split"]["val_fraction"],
         max_per_class=config["split"]["max_per_class"],
     message:
-        "Splitting by patient (seed {params.seed})"
+        with_resources("Splitting by patient (seed {params.seed})")
     shell:
         "python scripts/split.py --manifest {input.manifest:q}"
         " --near_duplicates {input.near_duplicates:q}"
@@ -94,7 +94,7 @@ rule augment:
         seed=config["augment"]["seed"],
         target=config["augment"]["target"],
     message:
-        "Augmenting training COVID images to {params.target}"
+        with_resources("Augmenting training COVID images to {params.target}")
     shell:
         "python scripts/augment.py --train {input:q} --images {output.images:q}"
         " --csv {output.csv:q} --seed {params.seed} --target {params.target} > {log:q} 2>&1"
@@ -125,7 +125,7 @@ rule preprocess:
     params:
         image_size=config["preprocess"]["image_size"],
     message:
-        "Preprocessing the splits to {params.image_size} px"
+        with_resources("Preprocessing the splits to {params.image_size} px")
     shell:
         "python scripts/preprocess.py --splits {input.train:q} {input.val:q} {input.test:q}"
         " --augmented {input.augmented:q} --out {output.train:q} {output.val:q} {output.test:q}"
