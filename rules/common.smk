@@ -38,9 +38,8 @@ def optional_arg(flag, value):
 def with_resources(message):
     """A rule's message plus its threads and resources, so that a dry run (also with
     --profile profiles/slurm) shows what each job would ask a scheduler for."""
-    return (
-        message + " [{threads} threads, {resources.mem_mb} MB, {resources.runtime} min]"
-    )
+    note = "[{threads} threads, {resources.mem_mb} MB, {resources.runtime} min]"
+    return f"{message} {note}"
 
 
 SPLITS = ["train", "val", "test"]
