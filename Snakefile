@@ -9,10 +9,14 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/acquire.smk"
 include: "rules/data.smk"
 include: "rules/model.smk"
+include: "rules/evaluation.smk"
 
 
 rule all:
@@ -20,3 +24,4 @@ rule all:
     input:
         DATA_OUTPUTS,
         MODEL_OUTPUTS,
+        EVALUATION_OUTPUTS,

@@ -546,3 +546,18 @@ def format_interval(entry: dict | None, digits: int = 3) -> str:
     if lo is None or hi is None:
         return f"{est:.{digits}f}"
     return f"{est:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def write_json(obj, path) -> None:
+    """Write any JSON-ready object, indented, atomically (NaN and infinities refused)."""
+    _atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def write_table(frame: pd.DataFrame, path) -> None:
+    """Write a DataFrame as CSV (floats to 6 significant digits), atomically."""
+    _atomic_write_text(path, frame.to_csv(index=False, float_format="%.6g"))
+
+
+def write_text(text: str, path) -> None:
+    """Write text (e.g. Markdown) atomically; the folder of ``path`` is created."""
+    _atomic_write_text(path, text)

@@ -1,0 +1,122 @@
+"""Rules evaluate_ieee8023_viral and evaluate_external: model_03 on images outside the split.
+
+Entry point shared by Snakemake and DVC; options named like the config keys (sections
+``external`` and ``evaluate``). Two modes:
+
+- ``ieee8023``: the ieee8023 adult non-COVID viral pneumonia X-rays that the manifest excluded
+  as "other finding" (--ieee8023_viral_findings, frontal --views), compared with the test split
+  (--test_predictions); figure: p_covid of the three groups.
+- ``table``: any labelled folder, --metadata CSV ``path,label[,patient_id]`` (paths relative to
+  --images, default the CSV's folder); figure: ROC and precision-recall curves.
+
+Files that do not load are listed in --errors (path, reason, detail), never fatal. Writes only
+--metrics (JSON), --predictions, --errors (CSV) and --figure (PNG).
+"""
+
+import argparse
+from pathlib import Path
+
+p = argparse.ArgumentParser(description=__doc__)
+p.add_argument("mode", choices=["ieee8023", "table"])
+p.add_argument("--model", required=True, help="trained model (.keras)")
+p.add_argument("--metrics", required=True, help="output JSON")
+p.add_argument("--predictions", required=True, help="output CSV")
+p.add_argument("--errors", required=True, help="output CSV of files that did not load")
+p.add_argument("--figure", required=True, help="output PNG")
+p.add_argument("--excluded", help="ieee8023: data/interim/excluded.csv")
+p.add_argument("--covid_dir", help="ieee8023: data/raw/covid-chestxray-dataset")
+p.add_argument("--test_predictions", help="ieee8023: reports/predictions/model_03_test.csv")
+p.add_argument("--ieee8023_viral_findings", nargs="+", help="ieee8023: findings taken")
+p.add_argument("--views", nargs="+", help="ieee8023: frontal views taken")
+p.add_argument("--metadata", help="table: CSV path,label[,patient_id]")
+p.add_argument("--images", default=None, help="table: folder of relative paths")
+p.add_argument("--batch_size", type=int, required=True)
+p.add_argument("--bootstrap_resamples", type=int, required=True)
+p.add_argument("--bootstrap_seed", type=int, required=True)
+p.add_argument("--confidence", type=float, required=True)
+p.add_argument("--calibration_bins", type=int, required=True)
+p.add_argument("--dpi", type=int, required=True)
+p.add_argument("--threads", type=int, default=1)
+a = p.parse_args()
+need = {
+    "ieee8023": ["excluded", "covid_dir", "test_predictions", "ieee8023_viral_findings", "views"],
+    "table": ["metadata"],
+}[a.mode]
+missing = [f"--{k}" for k in need if getattr(a, k) is None]
+if missing:
+    p.error(f"mode {a.mode} needs {' '.join(missing)}")
+
+from cxr.train import configure_threads  # noqa: E402
+
+configure_threads(a.threads)
+
+import pandas as pd  # noqa: E402
+
+from cxr import LABEL_INDEX  # noqa: E402
+from cxr.external import (  # noqa: E402
+    ieee8023_viral_summary,
+    ieee8023_viral_table,
+    read_labelled_table,
+    score_table,
+    summarise,
+)
+from cxr.figures import p_covid_strip_figure, roc_pr_figure, save_png  # noqa: E402
+from cxr.metrics import (  # noqa: E402
+    format_interval,
+    roc_pr_curves,
+    write_json,
+    write_table,
+)
+from cxr.model import load_model  # noqa: E402
+
+bootstrap = dict(
+    n_resamples=a.bootstrap_resamples,
+    seed=a.bootstrap_seed,
+    confidence=a.confidence,
+    n_bins=a.calibration_bins,
+)
+model = load_model(a.model)
+if a.mode == "ieee8023":
+    covid_dir = Path(a.covid_dir)
+    table = ieee8023_viral_table(
+        pd.read_csv(a.excluded, dtype=str, keep_default_na=False),
+        pd.read_csv(covid_dir / "metadata.csv", dtype=str, keep_default_na=False),
+        covid_dir,
+        a.ieee8023_viral_findings,
+        a.views,
+    )
+    print(f"{len(table)} ieee8023 images with findings {a.ieee8023_viral_findings}")
+    scored, errors = score_table(model, table, a.batch_size)
+    test = pd.read_csv(a.test_predictions, dtype={"patient_id": str, "path": str})
+    metrics = ieee8023_viral_summary(scored, errors, test, **bootstrap)
+    spec = metrics.get("intervals", {}).get("specificity")
+    fig = p_covid_strip_figure(
+        {
+            "test covid\n(ieee8023 adults)": test.loc[test["label"] == "covid", "p_covid"],
+            "test non_covid\n(Kermany children)": test.loc[test["label"] == "non_covid", "p_covid"],
+            "ieee8023 adult viral\n(not COVID)": scored["p_covid"],
+        },
+        "model_03: p_covid of adult non-COVID viral pneumonia (ieee8023)",
+        f"specificity on them {format_interval(spec)}; on test children "
+        f"{format_interval(metrics['test_non_covid_specificity'])}; AUC test covid vs them "
+        f"{format_interval(metrics['auc_test_covid_vs_these'])}",
+    )
+else:
+    table = read_labelled_table(a.metadata, a.images)
+    scored, errors = score_table(model, table, a.batch_size)
+    metrics = summarise(scored, errors, str(a.metadata), **bootstrap)
+    if len(scored):
+        roc, pr = roc_pr_curves(scored["label"].map(LABEL_INDEX), scored["p_covid"])
+    else:
+        roc, pr = roc_pr_curves([0], [0.0])
+    fig = roc_pr_figure(roc, pr, metrics, f"model_03 on {Path(a.metadata).name}")
+metrics["model"] = Path(a.model).stem
+write_json(metrics, a.metrics)
+write_table(scored, a.predictions)
+write_table(errors, a.errors)
+save_png(fig, a.figure, a.dpi)
+print(f"scored {len(scored)}, failed {len(errors)}")
+for _, row in errors.iterrows():
+    print(f"ERROR {row['path']}: {row['reason']}: {row['detail']}")
+for name, entry in metrics.get("intervals", {}).items():
+    print(f"  {name}: {format_interval(entry, 4)}")
