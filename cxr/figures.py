@@ -1,9 +1,12 @@
-"""Report figures: training curves, confusion matrices, classification report, test samples.
+"""Report figures: training curves, confusion matrices, classification report, test samples;
+ROC / precision-recall curves and reliability diagrams (with intervals), Grad-CAM grids and
+overlays, the shortcut audit, and p_covid strip plots of the tests outside the split.
 
-Owned by the model half. matplotlib only, through ``matplotlib.figure.Figure`` with the Agg
-canvas (no pyplot, no display, no global figure state); no TensorFlow. Each ``*_figure``
-function returns a Figure; :func:`save_png` writes it to the path it is given (temporary name,
-then rename). Touches nothing else.
+Owned by the model half. matplotlib only (Pillow to resize heatmaps), through
+``matplotlib.figure.Figure`` with the Agg canvas (no pyplot, no display, no global figure
+state); no TensorFlow. Each ``*_figure`` function returns a Figure; :func:`save_png` writes it
+to the path it is given (temporary name, then rename); :func:`overlay_heatmap` returns an RGB
+array. Touches nothing else.
 
 References
 ----------

@@ -1,0 +1,140 @@
+"""cxr.external: labelled tables, the ieee8023 adult viral selection (on the real metadata), and
+scoring with failures listed rather than fatal (a stand-in model, no TensorFlow)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cxr.external import (
+    TableError,
+    ieee8023_viral_summary,
+    ieee8023_viral_table,
+    read_labelled_table,
+    score_table,
+    summarise,
+)
+from cxr.manifest import covid_candidates
+
+
+def test_read_labelled_table(tmp_path):
+    (tmp_path / "t.csv").write_text(
+        "path,label,patient_id\na.png,covid,p1\n/abs/b.png,non_covid,\n"
+    )
+    t = read_labelled_table(tmp_path / "t.csv")
+    assert t["path"].tolist() == [str(tmp_path / "a.png"), "/abs/b.png"]
+    assert t["patient_id"].tolist() == ["p1", "/abs/b.png"]  # empty: the image is its patient
+    t = read_labelled_table(tmp_path / "t.csv", images=tmp_path / "imgs")
+    assert t["path"][0] == str(tmp_path / "imgs" / "a.png")
+    (tmp_path / "nopid.csv").write_text("path,label\nx.png,covid\n")
+    assert read_labelled_table(tmp_path / "nopid.csv")["patient_id"][0].endswith("x.png")
+    (tmp_path / "bad.csv").write_text("path,label\nx.png,covid\ny.png,COVID-19\n")
+    with pytest.raises(TableError, match="row 3: label 'COVID-19'"):
+        read_labelled_table(tmp_path / "bad.csv")
+    (tmp_path / "nolabel.csv").write_text("path,diagnosis\nx.png,covid\n")
+    with pytest.raises(TableError, match="label"):
+        read_labelled_table(tmp_path / "nolabel.csv")
+
+
+def test_ieee8023_viral_images_on_the_real_metadata(mirror):
+    covid_dir = mirror / "covid-chestxray-dataset"
+    excluded = pd.DataFrame(
+        [
+            rec
+            for kind, rec in covid_candidates(
+                covid_dir,
+                covid_findings=["COVID-19"],
+                modality="X-ray",
+                views=["PA", "AP", "AP Supine"],
+            )
+            if kind == "exclude"
+        ]
+    )
+    metadata = pd.read_csv(covid_dir / "metadata.csv", dtype=str, keep_default_na=False)
+    table = ieee8023_viral_table(
+        excluded,
+        metadata,
+        covid_dir,
+        ["SARS", "MERS", "Influenza", "Varicella"],
+        ["PA", "AP", "AP Supine"],
+    )
+    # the 2020-06-27 snapshot: 16 SARS, 1 influenza, 4 varicella frontal X-rays, no MERS
+    assert table["finding"].value_counts().to_dict() == {"SARS": 16, "Varicella": 4, "Influenza": 1}
+    assert (table["label"] == "non_covid").all()
+    assert table["view"].isin(["PA", "AP", "AP Supine"]).all()
+    assert table["patient_id"].str.startswith("ieee8023:").all()
+    assert all((covid_dir / "images" / p.split("/")[-1]).is_file() for p in table["path"])
+    assert not table["finding"].str.contains("COVID").any()
+    lateral = ieee8023_viral_table(excluded, metadata, covid_dir, ["Influenza"], ["L"])
+    assert len(lateral) == 1  # the other influenza image is lateral
+
+
+class FakeModel:
+    """Stand-in for a Keras model: p_covid = mean red value / 255 of each image."""
+
+    input_shape = (None, 16, 16, 3)
+
+    def predict(self, images, batch_size=None, verbose=0):
+        p = images[..., 0].mean(axis=(1, 2)) / 255.0
+        return np.stack([1 - p, p], axis=1)
+
+
+def test_score_table_lists_bad_files_and_scores_the_rest(tmp_path):
+    rows = []
+    for i, (red, label) in enumerate(
+        [(230, "covid"), (200, "covid"), (40, "non_covid"), (90, "non_covid")]
+    ):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(np.full((20, 30, 3), red, np.uint8)).save(path)
+        rows.append({"path": str(path), "label": label, "patient_id": f"p{i}"})
+    (tmp_path / "bad.png").write_bytes(b"")
+    rows.append({"path": str(tmp_path / "bad.png"), "label": "covid", "patient_id": "p9"})
+    scored, errors = score_table(FakeModel(), pd.DataFrame(rows))
+    assert len(scored) == 4 and errors["reason"].tolist() == ["empty file"]
+    np.testing.assert_allclose(
+        scored["p_covid"], [230 / 255, 200 / 255, 40 / 255, 90 / 255], atol=1e-6
+    )
+    assert scored["predicted"].tolist() == ["covid", "covid", "non_covid", "non_covid"]
+    summary = summarise(scored, errors, "fake", n_resamples=50, seed=0, confidence=0.95, n_bins=5)
+    assert summary["n_listed"] == 5 and summary["n_failed"] == 1
+    assert summary["failed_by_reason"] == {"empty file": 1}
+    assert summary["intervals"]["sensitivity"]["successes"] == 2
+    assert summary["intervals"]["roc_auc"]["estimate"] == 1.0
+    empty = summarise(scored[:0], errors, "none")
+    assert "intervals" not in empty and empty["n_failed"] == 1
+
+
+def test_ieee8023_viral_summary_by_hand():
+    scored = pd.DataFrame(
+        {
+            "path": ["a", "b", "c", "d"],
+            "label": "non_covid",
+            "patient_id": ["x1", "x1", "x2", "x3"],
+            "finding": ["SARS", "SARS", "SARS", "Varicella"],
+            "predicted": ["covid", "covid", "non_covid", "non_covid"],
+            "p_covid": [0.9, 0.8, 0.2, 0.1],
+        }
+    )
+    test = pd.DataFrame(
+        {
+            "label": ["covid", "covid", "non_covid", "non_covid", "non_covid"],
+            "p_covid": [0.95, 0.7, 0.1, 0.2, 0.6],
+            "patient_id": ["c1", "c2", "k1", "k2", "k3"],
+        }
+    )
+    out = ieee8023_viral_summary(
+        scored, pd.DataFrame(columns=["path", "reason", "detail"]), test, n_resamples=100
+    )
+    spec = out["intervals"]["specificity"]
+    assert (spec["successes"], spec["trials"]) == (2, 4)
+    assert out["per_finding"] == {
+        "SARS": {"n": 3, "predicted_covid": 2, "p_covid_mean": pytest.approx(1.9 / 3)},
+        "Varicella": {"n": 1, "predicted_covid": 0, "p_covid_mean": 0.1},
+    }
+    kids = out["test_non_covid_specificity"]
+    assert (kids["successes"], kids["trials"]) == (2, 3)
+    # covid 0.95, 0.7 vs adults 0.9, 0.8, 0.2, 0.1: 0.95 beats 4, 0.7 beats 2 -> 6 / 8
+    auc = out["auc_test_covid_vs_these"]
+    assert auc["estimate"] == pytest.approx(6 / 8) and auc["n_patients"] == 5
+    assert auc["lower"] <= auc["estimate"] <= auc["upper"]
+    assert out["p_covid_mean"] == pytest.approx(0.5)

@@ -1,0 +1,266 @@
+"""End to end: the evaluation rules of the smoke run (intervals, curves, calibration, Grad-CAM,
+shortcut audit, ieee8023 adult viral check, model card), an external test folder, and
+``snakemake --report``.
+
+Uses the session's ``smoke_run`` (tests/config/smoke.yaml: 64 px, 8 test images, 100 bootstrap
+resamples, 2 + 2 Grad-CAM images). File lists are written out here, not imported from the rules.
+"""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from cxr.metrics import format_interval
+from cxr.store import load_store
+
+from .conftest import REPO, snakemake
+
+EVALUATIONS = ["model_01_val", "model_02_val", "model_03_val", "model_03_test"]
+FIGURES = [
+    *(f"{e}_roc_pr.png" for e in EVALUATIONS),
+    "model_03_test_reliability.png",
+    "model_03_test_gradcam.png",
+    "shortcut_audit.png",
+    "ieee8023_viral.png",
+]
+SMOKE = yaml.safe_load((REPO / "tests/config/smoke.yaml").read_text())
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def load(path):
+    return json.loads(path.read_text())
+
+
+def check_png(path):
+    with Image.open(path) as im:
+        im.load()
+        assert im.format == "PNG", path
+        w, h = im.size
+    assert 200 < w < 4000 and 150 < h < 4000, (path, im.size)
+    assert np.asarray(Image.open(path).convert("L")).std() > 5, path
+
+
+def check_interval(entry, name):
+    if entry["estimate"] is None:
+        assert entry["lower"] is None and entry["upper"] is None, name
+    else:
+        assert 0 <= entry["lower"] <= entry["estimate"] <= entry["upper"] <= 1, (name, entry)
+
+
+def test_config_keys_reach_their_scripts():
+    """Each audit/external key is a param of an evaluation rule and an option of the script."""
+    rules = (REPO / "rules/evaluation.smk").read_text()
+    options = {
+        "audit": ("gradcam", "audit_baselines", "shortcut_audit"),
+        "external": ("external",),
+    }
+    for section, scripts in options.items():
+        source = "".join((REPO / "scripts" / f"{s}.py").read_text() for s in scripts)
+        for key in CONFIG[section]:
+            if key in ("metadata", "images"):  # rule inputs, not params
+                assert f'EXTERNAL["{key}"]' in rules, key
+                continue
+            assert f'"--{key}"' in source, (section, key)
+            assert re.search(rf'{section.upper()}\["{key}"\]', rules), (section, key)
+
+
+@pytest.mark.e2e
+def test_metrics_carry_intervals_and_calibration(smoke_run):
+    boot = SMOKE["evaluate"]["bootstrap_resamples"]
+    for e in EVALUATIONS:
+        m = load(smoke_run / "reports/metrics" / f"{e}.json")
+        store = load_store(smoke_run / "data/store" / f"{e.split('_')[-1]}.npz")
+        assert m["n_patients"] == len(set(store["patient_ids"]))
+        assert m["confidence"] == 0.95
+        assert set(m["intervals"]) == {
+            "sensitivity",
+            "specificity",
+            "ppv",
+            "npv",
+            "accuracy",
+            "roc_auc",
+        }
+        for name, entry in m["intervals"].items():
+            check_interval(entry, (e, name))
+        tn, fp, fn, tp = np.ravel(m["confusion_matrix"])
+        assert (
+            m["intervals"]["sensitivity"]["successes"],
+            m["intervals"]["sensitivity"]["trials"],
+        ) == (tp, tp + fn)
+        auc = m["intervals"]["roc_auc"]
+        assert auc["n_resamples"] == boot and auc["estimate"] == pytest.approx(m["roc_auc"])
+        cal = m["calibration"]
+        assert sum(b["count"] for b in cal["bins"]) == m["n"]
+        assert 0 <= cal["ece"] <= 1 and 0 <= cal["brier"] <= 1
+        preds = pd.read_csv(smoke_run / "reports/predictions" / f"{e}.csv")
+        y = (preds["label"] == "covid").astype(float)
+        assert cal["brier"] == pytest.approx(((preds["p_covid"] - y) ** 2).mean(), abs=1e-5)
+        roc = pd.read_csv(smoke_run / "reports/curves" / f"{e}_roc.csv")
+        pr = pd.read_csv(smoke_run / "reports/curves" / f"{e}_pr.csv")
+        assert list(roc.columns) == ["fpr", "tpr", "threshold"]
+        assert list(pr.columns) == ["recall", "precision", "threshold"]
+        assert roc[["fpr", "tpr"]].iloc[-1].tolist() == [1, 1]
+        assert np.trapezoid(roc["tpr"], roc["fpr"]) == pytest.approx(m["roc_auc"], abs=1e-4)
+        bins = pd.read_csv(smoke_run / "reports/curves" / f"{e}_calibration.csv")
+        assert bins["count"].sum() == m["n"] and len(bins) == CONFIG["evaluate"]["calibration_bins"]
+    log = (smoke_run / "logs/evaluate/model_03_test.log").read_text()
+    assert "roc_auc:" in log and "calibration: ECE" in log
+
+
+@pytest.mark.e2e
+def test_evaluation_figures_are_real_pngs(smoke_run):
+    for name in FIGURES:
+        check_png(smoke_run / "reports/figures" / name)
+
+
+@pytest.mark.e2e
+def test_gradcam_outputs(smoke_run):
+    store = load_store(smoke_run / "data/store/test.npz")
+    heat = pd.read_csv(
+        smoke_run / "reports/audit/gradcam_heat.csv", dtype={"patient_id": str, "in_grid": str}
+    )
+    preds = pd.read_csv(smoke_run / "reports/predictions/model_03_test.csv")
+    assert heat["path"].tolist() == list(store["paths"])
+    np.testing.assert_allclose(heat["p_covid"], preds["p_covid"], atol=1e-5)  # the model's own
+    assert heat["predicted"].tolist() == preds["predicted"].tolist()
+    assert heat["heat_in_box"].dropna().between(0, 1).all()
+    correct = heat["label"] == heat["predicted"]
+    grid = heat["in_grid"].fillna("")
+    audit = {**CONFIG["audit"], **SMOKE["audit"]}
+    assert (grid == "correct").sum() == min(audit["gradcam_correct"], correct.sum())
+    assert (grid == "wrong").sum() == min(audit["gradcam_wrong"], (~correct).sum())
+    assert correct[grid == "correct"].all() and not correct[grid == "wrong"].any()
+    summary = load(smoke_run / "reports/audit/gradcam.json")
+    assert summary["layer"] == "block5_conv4" and summary["n_images"] == len(store["paths"])
+    assert summary["mean_heat_in_box"] == pytest.approx(heat["heat_in_box"].mean())
+    assert summary["lung_box"] == CONFIG["audit"]["lung_box"]
+    assert summary["box_area_fraction"] == pytest.approx(0.7 * 0.65, abs=0.03)
+
+
+@pytest.mark.e2e
+def test_shortcut_audit(smoke_run):
+    baselines = load(smoke_run / "reports/audit/baselines.json")
+    test = pd.read_csv(smoke_run / "data/splits/test.csv")
+    for name in ("thumbnail", "size_mode"):
+        check_interval(baselines[name]["roc_auc"], name)
+        assert len(baselines[name]["p_covid"]) == len(test)
+    masked = load(smoke_run / "reports/audit/masked.json")
+    check_interval(masked["roc_auc"], "masked")
+    audit = load(smoke_run / "reports/audit/shortcut_audit.json")
+    assert [e["key"] for e in audit["entries"]] == ["thumbnail", "size_mode", "masked", "model"]
+    warn = CONFIG["audit"]["warn_auc"]
+    log = (smoke_run / "logs/shortcut_audit.log").read_text()
+    for e in audit["entries"][:3]:
+        est = e["roc_auc"]["estimate"]
+        assert e["flagged"] == (est is not None and est >= warn)
+        assert format_interval(e["roc_auc"]) in log
+    assert len(audit["warnings"]) >= sum(e["flagged"] for e in audit["entries"])
+    for w in audit["warnings"]:
+        assert f"WARNING: {w}" in log
+    # On this data the size/mode shortcut is real: the smoke test split shows it too.
+    assert baselines["size_mode"]["roc_auc"]["estimate"] >= 0.8
+    assert audit["entries"][1]["flagged"] and audit["warnings"]
+
+
+@pytest.mark.e2e
+def test_ieee8023_adult_viral_check(smoke_run):
+    viral = load(smoke_run / "reports/external/ieee8023_viral.json")
+    preds = pd.read_csv(smoke_run / "reports/external/ieee8023_viral_predictions.csv")
+    errors = pd.read_csv(smoke_run / "reports/external/ieee8023_viral_errors.csv")
+    assert viral["n_listed"] == 21 == len(preds) + len(errors)  # 16 SARS, 4 varicella, 1 influenza
+    assert viral["n"] == len(preds) and (preds["label"] == "non_covid").all()
+    spec = viral["intervals"]["specificity"]
+    assert spec["trials"] == len(preds)
+    assert spec["successes"] == int((preds["p_covid"] <= 0.5).sum())
+    check_interval(spec, "specificity")
+    assert viral["intervals"]["sensitivity"]["estimate"] is None  # no covid image among them
+    assert sum(f["n"] for f in viral["per_finding"].values()) == len(preds)
+    check_interval(viral["auc_test_covid_vs_these"], "auc")
+    check_interval(viral["test_non_covid_specificity"], "children")
+
+
+@pytest.mark.e2e
+def test_model_card(smoke_run):
+    card = (smoke_run / "reports/model_card.md").read_text()
+    for heading in [
+        "## Intended use",
+        "## Model",
+        "## Data",
+        "## Split",
+        "## Metrics (model_03 on the test split, 95% intervals)",
+        "## Shortcut audit",
+        "## Honesty check: adult non-COVID viral pneumonia (ieee8023)",
+        "## External test",
+        "## Known limitations",
+    ]:
+        assert heading in card, heading
+    assert "Not a diagnostic tool" in card and "CC BY 4.0" in card
+    test = load(smoke_run / "reports/metrics/model_03_test.json")
+    for name in ("sensitivity", "specificity", "accuracy", "roc_auc"):
+        assert format_interval(test["intervals"][name]) in card, name
+    audit = load(smoke_run / "reports/audit/shortcut_audit.json")
+    for e in audit["entries"]:
+        assert format_interval(e["roc_auc"]) in card
+    for w in audit["warnings"]:
+        assert w in card
+    splits = {s: pd.read_csv(smoke_run / f"data/splits/{s}.csv") for s in ("train", "val", "test")}
+    n_test_covid = (splits["test"]["label"] == "covid").sum()
+    assert f"| test | {n_test_covid} (" in card
+    assert "None configured" in card  # external test off by default
+
+
+@pytest.mark.e2e
+def test_snakemake_report_builds_html_with_every_figure(smoke_run, tmp_path):
+    html = tmp_path / "report.html"
+    snakemake(smoke_run, "--report", str(html))
+    text = html.read_text()
+    figures = sorted(p.name for p in (smoke_run / "reports/figures").glob("*.png"))
+    assert len(figures) >= 20
+    for name in [*figures, "model_card.md"]:
+        assert name in text, name
+    for caption in ["Grad-CAM (Selvaraju", "Shortcut audit: test ROC AUC", "Reliability diagram"]:
+        assert caption in text, caption
+
+
+@pytest.mark.e2e
+def test_external_folder(smoke_run, mirror, tmp_path):
+    folder = tmp_path / "external"
+    folder.mkdir()
+    rows = ["path,label,patient_id"]
+    covid = sorted((mirror / "covid-chestxray-dataset/images").glob("*.jp*g"))[-3:]
+    kermany = sorted((mirror / "chest_xray/train/PNEUMONIA").glob("*.jpeg"))[-3:]
+    patients = ["c0", "c0", "c1", "k0", "k1", "k1"]  # two patients with two images each
+    for p, label, pid in zip(
+        [*covid, *kermany], ["covid"] * 3 + ["non_covid"] * 3, patients, strict=True
+    ):
+        shutil.copy(p, folder / p.name)
+        rows.append(f"{p.name},{label},{pid}")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    rows.append("broken.png,covid,ext9")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    overlay = tmp_path / "external.yaml"
+    overlay.write_text(yaml.safe_dump({"external": {"metadata": str(folder / "labels.csv")}}))
+    out = snakemake(
+        smoke_run,
+        "reports/external/external.json",
+        "--configfile",
+        "tests/config/smoke.yaml",
+        str(overlay),
+        smoke=False,
+    )
+    assert "evaluate_external" in out.stdout
+    m = load(smoke_run / "reports/external/external.json")
+    assert m["n_listed"] == 7 and m["n_failed"] == 1 and m["n"] == 6
+    assert m["n_patients"] == 4 and m["confusion_matrix"] and m["model"] == "model_03"
+    assert m["intervals"]["sensitivity"]["trials"] == 3
+    for name, entry in m["intervals"].items():
+        check_interval(entry, name)
+    errors = pd.read_csv(smoke_run / "reports/external/external_errors.csv")
+    assert errors["path"].str.endswith("broken.png").tolist() == [True]
+    check_png(smoke_run / "reports/figures/external_roc_pr.png")
