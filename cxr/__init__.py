@@ -3,8 +3,14 @@
 Research and teaching only: this is not a diagnostic tool.
 
 Modules follow the data flow, and each imports only from those before it:
-sources (download / mirror, checksums) -> images (the one loader) -> manifest -> split ->
-augment -> store (preprocessed arrays) -> model -> train -> metrics -> figures.
+
+- data: sources (download / mirror, checksums) -> images (the one loader) -> manifest ->
+  split -> augment -> store (preprocessed arrays)
+- model: model (VGG19 + head, stage freezing) -> train
+- evaluation: metrics (intervals, curves, calibration) -> figures -> gradcam -> audit
+  (shortcut audit) -> external (other image sets) -> model_card
+- predict (the ``cxr-predict`` console script) and dag (Snakefile / dvc.yaml lockstep) use
+  the modules above.
 """
 
 #: Class names in label-index order. Index 1 (``covid``) is the positive class everywhere:
