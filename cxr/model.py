@@ -54,6 +54,10 @@ class VGG19Preprocess(keras.layers.Layer):
         return keras.KerasTensor(inputs.shape, dtype="float32")
 
 
+#: Custom objects of a saved classifier, by registered name, for ``keras.models.load_model``.
+CUSTOM_OBJECTS = {keras.saving.get_registered_name(VGG19Preprocess): VGG19Preprocess}
+
+
 def build_model(
     image_size: int,
     weights: str | None = None,
@@ -251,15 +255,36 @@ def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> 
 def load_model(path) -> keras.Model:
     """Load a classifier saved as ``.keras`` (uncompiled: each stage compiles its own).
 
+    Keras' safe mode is on (``safe_mode=True``, said explicitly): a file whose config holds a
+    ``Lambda`` (arbitrary Python bytecode) is refused rather than run. The one custom layer,
+    :class:`VGG19Preprocess`, is passed by its registered name (``"cxr>VGG19Preprocess"``).
+    Only the Keras 3 zip format is read: legacy ``.h5`` / SavedModel files are refused. No
+    pickle is involved (the ``.keras`` zip holds JSON config and HDF5 arrays).
+    Source: https://keras.io/api/models/model_saving_apis/model_saving_and_loading/
+
+    Parameters
+    ----------
+    path : path-like, a ``.keras`` file written by ``Model.save``.
+
+    Returns
+    -------
+    keras.Model
+        Input ``(None, S, S, 3) uint8``, output ``(None, 2)`` softmax (see :func:`build_model`).
+
     Raises
     ------
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If it is not a Keras 3 model file.
+        If it is not a Keras 3 ``.keras`` zip, or safe mode refuses it (a ``Lambda`` layer).
     """
+    import zipfile
     from pathlib import Path
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"no model at {path}")
-    return keras.models.load_model(path, compile=False)
+    if Path(path).suffix != ".keras" or not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a Keras 3 .keras model file")
+    return keras.models.load_model(
+        path, custom_objects=CUSTOM_OBJECTS, compile=False, safe_mode=True
+    )

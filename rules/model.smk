@@ -27,148 +27,90 @@ MODEL_OUTPUTS = [
 ]
 
 
-# Stage 1: ImageNet VGG19 base frozen, dense head trained (RMSprop).
-rule train_model_01:
-    input:
-        train="data/store/train.npz",
-        val="data/store/val.npz",
-        pretrained=rules.acquire_weights.output[0],
-    output:
-        model="models/model_01.keras",
-        history="reports/history/model_01.csv",
-    log:
-        "logs/train_model_01.log",
-    benchmark:
-        "benchmarks/train_model_01.tsv"
-    conda:
-        "../envs/cxr.yaml"
-    threads: 8
-    resources:
-        mem_mb=8000,
-        runtime=360,
-    params:
-        seed=TRAIN["seed"],
-        batch_size=TRAIN["batch_size"],
-        realtime_augmentation=TRAIN["realtime_augmentation"],
-        dense_units=TRAIN["dense_units"],
-        dropout=TRAIN["dropout"],
-        early_stopping_monitor=TRAIN["early_stopping_monitor"],
-        patience=TRAIN["patience"],
-        checkpoint_monitor=TRAIN["checkpoint_monitor"],
-        epochs=TRAIN["model_01"]["epochs"],
-        frozen_layers=TRAIN["model_01"]["frozen_layers"],
-        optimizer=TRAIN["model_01"]["optimizer"],
-        learning_rate=TRAIN["model_01"]["learning_rate"],
-        decay=TRAIN["model_01"]["decay"],
-        momentum=TRAIN["model_01"]["momentum"],
-        nesterov=TRAIN["model_01"]["nesterov"],
-    message:
-        "Training model_01 (base frozen, up to {params.epochs} epochs)"
-    shell:
-        "python scripts/train.py --train {input.train:q} --val {input.val:q}"
-        " --pretrained {input.pretrained:q} --model {output.model:q} --history {output.history:q}"
-        " --threads {threads} --seed {params.seed} --batch_size {params.batch_size}"
-        " --realtime_augmentation {params.realtime_augmentation}"
-        " --dense_units {params.dense_units} --dropout {params.dropout}"
-        " --early_stopping_monitor {params.early_stopping_monitor:q} --patience {params.patience}"
-        " --checkpoint_monitor {params.checkpoint_monitor:q} --epochs {params.epochs}"
-        " --frozen_layers {params.frozen_layers:q} --optimizer {params.optimizer:q}"
-        " --learning_rate {params.learning_rate} --decay {params.decay}"
-        " --momentum {params.momentum} --nesterov {params.nesterov} > {log:q} 2>&1"
+# Training, one rule per stage (train_model_01, train_model_02, train_model_03), made in one
+# loop: they differ in what they start from (stage 1: the ImageNet VGG19 weights, given as
+# --pretrained; later stages: the previous stage's model, as --init), their config section
+# train.model_0N and their wall time. All get the head sizes: stage 1 builds that head, later
+# stages check that the model they load has it. The command is the same for all (a shell
+# command in a loop may not use loop variables: Snakemake evaluates it when the job runs).
+# A killed job (kill -9, time limit, preemption) resumes when rerun: the script keeps a backup
+# in models/.backup/model_0N/ after every epoch (not an output, so Snakemake leaves it when a
+# job fails) and removes it once both outputs are in place.
+# GPUs: `gpu` is the SLURM executor plugin's resource (-> sbatch --gpus=N), from config
+# train.gpus; 0 (default) asks for none, so CPU-only clusters work. Add a model with
+# `--set-resources train_model_01:gpu_model=a100` (-> --gpus=a100:N) or in the profile's
+# set-resources. Local runs ignore it. The script trains on every GPU the job sees
+# (CUDA_VISIBLE_DEVICES): several -> MirroredStrategy, train.batch_size stays the global batch.
+TRAIN_STAGES = {
+    "model_01": {"about": "base frozen", "runtime": 360},
+    "model_02": {"about": "block 5 unfrozen", "runtime": 480},
+    "model_03": {"about": "blocks 4-5 unfrozen", "runtime": 720},
+}
 
+for stage, previous in zip(STAGES, [None, *STAGES]):
 
-# Stage 2: from model_01, block 5 of the base unfrozen (RMSprop).
-rule train_model_02:
-    input:
-        train="data/store/train.npz",
-        val="data/store/val.npz",
-        init=rules.train_model_01.output.model,
-    output:
-        model="models/model_02.keras",
-        history="reports/history/model_02.csv",
-    log:
-        "logs/train_model_02.log",
-    benchmark:
-        "benchmarks/train_model_02.tsv"
-    conda:
-        "../envs/cxr.yaml"
-    threads: 8
-    resources:
-        mem_mb=8000,
-        runtime=480,
-    params:
-        seed=TRAIN["seed"],
-        batch_size=TRAIN["batch_size"],
-        realtime_augmentation=TRAIN["realtime_augmentation"],
-        early_stopping_monitor=TRAIN["early_stopping_monitor"],
-        patience=TRAIN["patience"],
-        checkpoint_monitor=TRAIN["checkpoint_monitor"],
-        epochs=TRAIN["model_02"]["epochs"],
-        frozen_layers=TRAIN["model_02"]["frozen_layers"],
-        optimizer=TRAIN["model_02"]["optimizer"],
-        learning_rate=TRAIN["model_02"]["learning_rate"],
-        decay=TRAIN["model_02"]["decay"],
-        momentum=TRAIN["model_02"]["momentum"],
-        nesterov=TRAIN["model_02"]["nesterov"],
-    message:
-        "Training model_02 (block 5 unfrozen, up to {params.epochs} epochs)"
-    shell:
-        "python scripts/train.py --train {input.train:q} --val {input.val:q}"
-        " --init {input.init:q} --model {output.model:q} --history {output.history:q}"
-        " --threads {threads} --seed {params.seed} --batch_size {params.batch_size}"
-        " --realtime_augmentation {params.realtime_augmentation}"
-        " --early_stopping_monitor {params.early_stopping_monitor:q} --patience {params.patience}"
-        " --checkpoint_monitor {params.checkpoint_monitor:q} --epochs {params.epochs}"
-        " --frozen_layers {params.frozen_layers:q} --optimizer {params.optimizer:q}"
-        " --learning_rate {params.learning_rate} --decay {params.decay}"
-        " --momentum {params.momentum} --nesterov {params.nesterov} > {log:q} 2>&1"
-
-
-# Stage 3: from model_02, blocks 4-5 unfrozen (SGD, Nesterov momentum, inverse time decay).
-rule train_model_03:
-    input:
-        train="data/store/train.npz",
-        val="data/store/val.npz",
-        init=rules.train_model_02.output.model,
-    output:
-        model="models/model_03.keras",
-        history="reports/history/model_03.csv",
-    log:
-        "logs/train_model_03.log",
-    benchmark:
-        "benchmarks/train_model_03.tsv"
-    conda:
-        "../envs/cxr.yaml"
-    threads: 8
-    resources:
-        mem_mb=8000,
-        runtime=720,
-    params:
-        seed=TRAIN["seed"],
-        batch_size=TRAIN["batch_size"],
-        realtime_augmentation=TRAIN["realtime_augmentation"],
-        early_stopping_monitor=TRAIN["early_stopping_monitor"],
-        patience=TRAIN["patience"],
-        checkpoint_monitor=TRAIN["checkpoint_monitor"],
-        epochs=TRAIN["model_03"]["epochs"],
-        frozen_layers=TRAIN["model_03"]["frozen_layers"],
-        optimizer=TRAIN["model_03"]["optimizer"],
-        learning_rate=TRAIN["model_03"]["learning_rate"],
-        decay=TRAIN["model_03"]["decay"],
-        momentum=TRAIN["model_03"]["momentum"],
-        nesterov=TRAIN["model_03"]["nesterov"],
-    message:
-        "Training model_03 (blocks 4-5 unfrozen, up to {params.epochs} epochs)"
-    shell:
-        "python scripts/train.py --train {input.train:q} --val {input.val:q}"
-        " --init {input.init:q} --model {output.model:q} --history {output.history:q}"
-        " --threads {threads} --seed {params.seed} --batch_size {params.batch_size}"
-        " --realtime_augmentation {params.realtime_augmentation}"
-        " --early_stopping_monitor {params.early_stopping_monitor:q} --patience {params.patience}"
-        " --checkpoint_monitor {params.checkpoint_monitor:q} --epochs {params.epochs}"
-        " --frozen_layers {params.frozen_layers:q} --optimizer {params.optimizer:q}"
-        " --learning_rate {params.learning_rate} --decay {params.decay}"
-        " --momentum {params.momentum} --nesterov {params.nesterov} > {log:q} 2>&1"
+    rule:
+        name:
+            f"train_{stage}"
+        input:
+            train="data/store/train.npz",
+            val="data/store/val.npz",
+            start=(
+                rules.acquire_weights.output[0]
+                if previous is None
+                else getattr(rules, f"train_{previous}").output.model
+            ),
+        output:
+            model=f"models/{stage}.keras",
+            history=f"reports/history/{stage}.csv",
+        log:
+            f"logs/train_{stage}.log",
+        benchmark:
+            f"benchmarks/train_{stage}.tsv"
+        conda:
+            "../envs/cxr.yaml"
+        threads: 8
+        resources:
+            mem_mb=8000,
+            runtime=TRAIN_STAGES[stage]["runtime"],
+            gpu=TRAIN["gpus"],
+        params:
+            start_option="pretrained" if previous is None else "init",
+            seed=TRAIN["seed"],
+            batch_size=TRAIN["batch_size"],
+            realtime_augmentation=TRAIN["realtime_augmentation"],
+            dense_units=TRAIN["dense_units"],
+            dropout=TRAIN["dropout"],
+            early_stopping_monitor=TRAIN["early_stopping_monitor"],
+            patience=TRAIN["patience"],
+            checkpoint_monitor=TRAIN["checkpoint_monitor"],
+            gpus=TRAIN["gpus"],
+            epochs=TRAIN[stage]["epochs"],
+            frozen_layers=TRAIN[stage]["frozen_layers"],
+            optimizer=TRAIN[stage]["optimizer"],
+            learning_rate=TRAIN[stage]["learning_rate"],
+            decay=TRAIN[stage]["decay"],
+            momentum=TRAIN[stage]["momentum"],
+            nesterov=TRAIN[stage]["nesterov"],
+        message:
+            with_resources(
+                f"Training {stage} ({TRAIN_STAGES[stage]['about']},"
+                " up to {params.epochs} epochs, {resources.gpu} GPU)"
+            )
+        shell:
+            "python scripts/train.py --train {input.train:q} --val {input.val:q}"
+            " --{params.start_option} {input.start:q}"
+            " --model {output.model:q} --history {output.history:q}"
+            " --threads {threads} --seed {params.seed} --batch_size {params.batch_size}"
+            " --realtime_augmentation {params.realtime_augmentation}"
+            " --dense_units {params.dense_units} --dropout {params.dropout}"
+            " --early_stopping_monitor {params.early_stopping_monitor:q}"
+            " --patience {params.patience}"
+            " --checkpoint_monitor {params.checkpoint_monitor:q} --epochs {params.epochs}"
+            " --frozen_layers {params.frozen_layers:q} --optimizer {params.optimizer:q}"
+            " --learning_rate {params.learning_rate} --decay {params.decay}"
+            " --momentum {params.momentum} --nesterov {params.nesterov}"
+            " --gpus {params.gpus} > {log:q} 2>&1"
 
 
 # One model on one split: scores with intervals, calibration (JSON), p_covid per image (CSV),

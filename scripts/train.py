@@ -1,12 +1,20 @@
 """Rule train_model_0N: train one stage of the VGG19 classifier on the split store.
 
 Entry point shared by Snakemake and DVC: every parameter is a command-line option named like
-its config key (config.yaml, section ``train`` and ``train.model_0N``). Writes only --model
-and --history (via temporary names). Stage 1 starts from --pretrained (the VGG19 ImageNet
-notop .h5), later stages from --init (the previous stage's .keras).
+its config key (config.yaml, section ``train`` and ``train.model_0N``). Writes --model and
+--history (via temporary names) and, while training, a backup beside the model
+(``<model dir>/.backup/<model stem>/``, removed at the end). Stage 1 starts from --pretrained
+(the VGG19 ImageNet notop .h5), later stages from --init (the previous stage's .keras).
+
+Killed at any point (``kill -9``, a SLURM time limit or preemption), the same command run
+again resumes after the last completed epoch (``cxr.train.train_stage``). Trains on every GPU
+it sees (``--devices auto``): several -> ``MirroredStrategy``, the global --batch_size split
+evenly over them.
 """
 
 import argparse
+import os
+import sys
 
 
 def boolean(text: str) -> bool:
@@ -28,6 +36,16 @@ def frozen(text: str) -> int | str:
     return "all" if text == "all" else int(text)
 
 
+def device_list(text: str) -> str | list[str]:
+    """'auto', or comma-separated TensorFlow device names ('/gpu:0,/gpu:1')."""
+    if text == "auto":
+        return text
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or device names, got {text!r}")
+    return names
+
+
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--train", required=True, help="train store (.npz)")
 p.add_argument("--val", required=True, help="validation store (.npz)")
@@ -40,8 +58,14 @@ p.add_argument("--threads", type=int, default=1, help="TF thread pools and batch
 p.add_argument("--seed", type=int, required=True)
 p.add_argument("--batch_size", type=int, required=True)
 p.add_argument("--realtime_augmentation", type=boolean, required=True)
-p.add_argument("--dense_units", type=int, nargs=2, default=[1024, 512])
-p.add_argument("--dropout", type=float, nargs=2, default=[0.5, 0.3])
+p.add_argument(
+    "--dense_units",
+    type=int,
+    nargs=2,
+    default=[1024, 512],
+    help="head: built with these (--pretrained), or --init's head must have them",
+)
+p.add_argument("--dropout", type=float, nargs=2, default=[0.5, 0.3], help="as --dense_units")
 p.add_argument("--early_stopping_monitor", required=True)
 p.add_argument("--patience", type=optional_int, required=True, help="None: no early stopping")
 p.add_argument("--checkpoint_monitor", required=True)
@@ -52,16 +76,36 @@ p.add_argument("--learning_rate", type=float, required=True)
 p.add_argument("--decay", type=float, required=True)
 p.add_argument("--momentum", type=float, required=True)
 p.add_argument("--nesterov", type=boolean, required=True)
+p.add_argument(
+    "--devices",
+    type=device_list,
+    default="auto",
+    help="'auto' (every visible GPU; MirroredStrategy when several) or device names",
+)
+p.add_argument(
+    "--gpus",
+    type=int,
+    default=0,
+    help="GPUs the job asked the scheduler for (train.gpus): a warning when fewer are visible",
+)
 a = p.parse_args()
+# One line at a time into the log, so a killed job's log shows how far it got.
+sys.stdout.reconfigure(line_buffering=True)
 
 # Thread pools first: TensorFlow fixes them when its runtime starts.
 from cxr.train import configure_threads  # noqa: E402
 
 configure_threads(a.threads)
 
+import tensorflow as tf  # noqa: E402
+
 from cxr.train import train_stage  # noqa: E402
 
 print(f"train {a.model}: {vars(a)}", flush=True)
+visible = tf.config.list_physical_devices("GPU")
+print(f"GPUs visible: {len(visible)} ({os.environ.get('CUDA_VISIBLE_DEVICES', 'all')})")
+if a.gpus > len(visible):
+    print(f"WARNING: asked for {a.gpus} GPU(s) (train.gpus), {len(visible)} visible", flush=True)
 train_stage(
     a.train,
     a.val,
@@ -85,5 +129,6 @@ train_stage(
     momentum=a.momentum,
     nesterov=a.nesterov,
     workers=a.threads,
+    devices=a.devices,
     verbose=2,
 )

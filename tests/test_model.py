@@ -213,3 +213,82 @@ def test_imagenet_weights_are_loaded_from_the_file():
             got_kernel, got_bias = base.get_layer(name).get_weights()
             np.testing.assert_array_equal(got_kernel, kernel)
             np.testing.assert_array_equal(got_bias, bias)
+
+
+def test_load_refuses_a_lambda_layer(tmp_path):
+    """Safe mode: a file whose config holds Python bytecode (a Lambda) is not run."""
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Lambda(lambda x: x * 2)(inputs)
+    path = tmp_path / "lambda.keras"
+    keras.Model(inputs, outputs).save(path)
+    with pytest.raises(ValueError, match="safe_mode"):
+        load_model(path)
+
+
+def test_load_refuses_other_formats(tmp_path):
+    h5 = tmp_path / "m.h5"
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n")
+    fake = tmp_path / "m.keras"
+    fake.write_bytes(b"not a zip")
+    for path in (h5, fake):
+        with pytest.raises(ValueError, match="not a Keras 3"):
+            load_model(path)
+
+
+def test_preprocess_layer_is_registered():
+    from cxr.model import CUSTOM_OBJECTS, VGG19Preprocess
+
+    assert keras.saving.get_registered_name(VGG19Preprocess) == "cxr>VGG19Preprocess"
+    assert keras.saving.get_registered_object("cxr>VGG19Preprocess") is VGG19Preprocess
+    assert CUSTOM_OBJECTS == {"cxr>VGG19Preprocess": VGG19Preprocess}
+
+
+def _calls(tree, name):
+    import ast
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            dotted = []
+            while isinstance(func, ast.Attribute):
+                dotted.append(func.attr)
+                func = func.value
+            if isinstance(func, ast.Name):
+                dotted.append(func.id)
+            if ".".join(reversed(dotted)) in name:
+                yield node
+
+
+def test_no_pickle_and_safe_loading_in_the_code():
+    """No pickle modules; np.load with allow_pickle=False; Keras loads with safe_mode=True."""
+    import ast
+
+    from .conftest import REPO
+
+    sources = sorted((REPO / "cxr").glob("*.py")) + sorted((REPO / "scripts").glob("*.py"))
+    assert sources
+    problems = []
+    for path in sources:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                bad = {"pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve"}
+                if any(n.split(".")[0] in bad for n in names):
+                    problems.append(f"{path.name}:{node.lineno} imports a pickle module")
+        for call in _calls(tree, {"np.load", "numpy.load"}):
+            kw = {k.arg: k.value for k in call.keywords}
+            value = kw.get("allow_pickle")
+            if not (isinstance(value, ast.Constant) and value.value is False):
+                problems.append(f"{path.name}:{call.lineno} np.load without allow_pickle=False")
+        loaders = {
+            "keras.models.load_model",
+            "keras.saving.load_model",
+            "tf.keras.models.load_model",
+        }
+        for call in _calls(tree, loaders):
+            kw = {k.arg: k.value for k in call.keywords}
+            value = kw.get("safe_mode")
+            if not (isinstance(value, ast.Constant) and value.value is True):
+                problems.append(f"{path.name}:{call.lineno} Keras load without safe_mode=True")
+    assert not problems, problems

@@ -11,13 +11,15 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from cxr.model import base_of, load_model  # noqa: E402
+from cxr.model import base_of, build_model, load_model  # noqa: E402
 from cxr.store import save_store  # noqa: E402
 from cxr.train import (  # noqa: E402
     HISTORY_COLUMNS,
     AugmentedBatches,
     class_weights,
+    head_of,
     one_hot,
+    start_model,
     train_stage,
 )
 
@@ -80,6 +82,23 @@ def test_batches_augmentation_is_seeded_and_changes_images():
     assert not np.array_equal(xa, xp)
     c = AugmentedBatches(images, labels, batch_size=6, seed=6, augment=True)
     assert not np.array_equal(c[0][0], xa)
+
+
+def test_batches_of_an_epoch_depend_on_the_epoch_only():
+    """A resumed run starts at a later epoch: same order as reaching it epoch by epoch."""
+    images, labels = numbered_images(10), np.array([0, 1] * 5)
+    walked = AugmentedBatches(images, labels, batch_size=4, seed=3, augment=False)
+    for _ in range(2):
+        walked.on_epoch_end()
+    jumped = AugmentedBatches(images, labels, batch_size=4, seed=3, augment=False, start_epoch=2)
+    pinned = AugmentedBatches(images, labels, batch_size=4, seed=3, augment=False)
+    pinned.set_epoch(2)
+    for i in range(3):
+        np.testing.assert_array_equal(walked[i][0], jumped[i][0])
+        np.testing.assert_array_equal(walked[i][0], pinned[i][0])
+    assert walked.epoch == jumped.epoch == pinned.epoch == 2
+    with pytest.raises(ValueError, match="start_epoch"):
+        AugmentedBatches(images, labels, batch_size=4, seed=3, augment=False, start_epoch=-1)
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +197,15 @@ def test_same_seed_same_model(stores, tmp_path):
     assert all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights(), strict=True))
     ha, hb = read_history(tmp_path / "a.csv"), read_history(tmp_path / "b.csv")
     assert [r["loss"] for r in ha] == [r["loss"] for r in hb]
+
+
+def test_later_stage_checks_the_head_it_loads(tmp_path):
+    keras.utils.set_random_seed(0)
+    path = tmp_path / "m.keras"
+    build_model(32, dense_units=(16, 8), dropout=(0.25, 0.125)).save(path)
+    model = start_model(32, init=path, dense_units=(16, 8), dropout=(0.25, 0.125))
+    assert head_of(model) == ((16, 8), (0.25, 0.125))
+    with pytest.raises(ValueError, match="head"):
+        start_model(32, init=path)  # the seed protocol's 1024/512 head
+    with pytest.raises(ValueError, match="images"):
+        start_model(64, init=path, dense_units=(16, 8), dropout=(0.25, 0.125))
