@@ -15,11 +15,18 @@ p.add_argument("--url", default="", help="upstream URL (base URL for covid)")
 p.add_argument("--sha256", default="", help="expected sha256 of the Kermany archive")
 p.add_argument("--weights", default="", help="local VGG19 notop .h5 to copy")
 a = p.parse_args()
-mirror = a.mirror or None
+
+
+def unset(text: str) -> str | None:
+    """None for '', 'None' and 'null': a null config value (DVC passes it as None)."""
+    return None if text in ("", "None", "null") else text
+
+
+mirror = unset(a.mirror)
 if a.what == "covid":
     n = sources.acquire_covid(a.out, mirror=mirror, base_url=a.url)
 elif a.what == "kermany":
-    n = sources.acquire_kermany(a.out, mirror=mirror, url=a.url, sha256=a.sha256 or None)
+    n = sources.acquire_kermany(a.out, mirror=mirror, url=a.url, sha256=unset(a.sha256))
 else:
-    n = sources.acquire_weights(a.out, source=a.weights or None)
+    n = sources.acquire_weights(a.out, source=unset(a.weights))
 print(f"acquire {a.what}: {n} -> {a.out}")
