@@ -288,3 +288,97 @@ def load_model(path) -> keras.Model:
     return keras.models.load_model(
         path, custom_objects=CUSTOM_OBJECTS, compile=False, safe_mode=True
     )
+
+
+#: Base layers whose outputs the feature cache holds: the inputs of the trainable part in
+#: stage 3 (``frozen_layers=12``), stage 2 (17) and stage 1 (``"all"``).
+CACHE_LAYERS = ("block3_pool", "block4_pool", "block5_pool")
+
+
+def frozen_count(model: keras.Model, frozen_layers: int | str) -> int:
+    """How many base layers ``frozen_layers`` freezes (``"all"`` -> ``len(base.layers)``).
+
+    Raises
+    ------
+    ValueError
+        As :func:`set_frozen`.
+    """
+    n_layers = len(base_of(model).layers)
+    if frozen_layers == "all":
+        return n_layers
+    if isinstance(frozen_layers, bool) or not isinstance(frozen_layers, int):
+        raise ValueError(f"frozen_layers must be an int or 'all', got {frozen_layers!r}")
+    if not 0 <= frozen_layers <= n_layers:
+        raise ValueError(f"frozen_layers must be in [0, {n_layers}], got {frozen_layers}")
+    return frozen_layers
+
+
+def cut_layer(model: keras.Model, frozen_layers: int | str) -> str | None:
+    """Name of the last frozen base layer, whose output is the input of the trainable part.
+
+    ``"all"`` -> ``"block5_pool"``, 17 -> ``"block4_pool"``, 12 -> ``"block3_pool"``; None when
+    nothing is frozen (0) or only the input layer (1): then there is nothing to cache.
+    """
+    n = frozen_count(model, frozen_layers)
+    if n <= 1:
+        return None
+    return base_of(model).layers[n - 1].name
+
+
+def frozen_digest(model: keras.Model, frozen_layers: int | str) -> str:
+    """sha256 (hex) of the weights of the frozen part (``base.layers[:n]``): names, shapes,
+    dtypes and bytes. Cached features are valid for a model exactly when this matches."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for layer in base_of(model).layers[: frozen_count(model, frozen_layers)]:
+        for w in layer.weights:
+            a = np.ascontiguousarray(w.numpy())
+            digest.update(f"{layer.name}/{w.name}:{a.shape}:{a.dtype};".encode())
+            digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
+def feature_extractor(model: keras.Model, layer_names) -> keras.Model:
+    """A model mapping ``(N, S, S, 3) uint8`` images to the outputs of the named base layers.
+
+    Shares the classifier's layers (the preprocessing layer and the base): one forward pass
+    gives every named output. Output: one float32 array per name (a list, in order).
+    """
+    base = base_of(model)
+    inner = keras.Model(base.inputs, [base.get_layer(name).output for name in layer_names])
+    inputs = keras.Input(model.input_shape[1:], dtype="uint8", name="image")
+    x = model.get_layer("vgg19_preprocess")(inputs)
+    outputs = inner(x)
+    return keras.Model(inputs, list(outputs), name="cxr_features")
+
+
+def trainable_tail(model: keras.Model, frozen_layers: int | str) -> keras.Model:
+    """The part of the classifier after the frozen layers, as a model of its own.
+
+    Input: the output of :func:`cut_layer` (e.g. ``(None, 14, 14, 512) float32`` block4_pool
+    at 224 px); then ``base.layers[n:]`` and the head, *the same layer objects* as in
+    ``model`` (shared weights, and the dropout layers' seed generators). Training the tail
+    on cached features therefore trains ``model``: the full model applied to the images the
+    features came from computes the same function, the frozen layers being constants.
+
+    Raises
+    ------
+    ValueError
+        If nothing is frozen (:func:`cut_layer` is None).
+    """
+    cut = cut_layer(model, frozen_layers)
+    if cut is None:
+        raise ValueError(f"frozen_layers={frozen_layers!r} freezes no layer: nothing to cut")
+    base = base_of(model)
+    n = frozen_count(model, frozen_layers)
+    inputs = keras.Input(base.get_layer(cut).output.shape[1:], dtype="float32", name=cut)
+    x = inputs
+    for layer in base.layers[n:]:
+        x = layer(x)
+    layers = model.layers
+    for layer in layers[layers.index(base) + 1 :]:
+        x = layer(x)
+    return keras.Model(inputs, x, name=f"cxr_tail_{cut}")

@@ -21,6 +21,14 @@ same arguments continues after the last committed epoch and ends as an uninterru
 would: same epochs, same history rows, same weights. Different arguments or inputs (a
 fingerprint of both) discard the backup and start afresh.
 
+Feature cache (``cache_features``, real-time augmentation off): the frozen part of the network
+is a constant function of the image, so its output (block5_pool for stage 1, block4_pool for
+stage 2, block3_pool for stage 3; :func:`cxr.model.cut_layer`) is computed once per image
+(:func:`compute_features`, or read from the files of ``scripts/features.py``, checked by a
+digest of the frozen weights) and only the trainable tail (:func:`cxr.model.trainable_tail`,
+the same layer objects) is trained on it. Same batches, same dropout masks, same weights at
+the end up to float rounding; the saved model is the whole classifier, as without the cache.
+
 Devices: :func:`make_strategy` trains on every GPU the job sees (``MirroredStrategy`` when
 there are several, the default strategy with one or none); ``batch_size`` is the global batch,
 split evenly over the replicas.
@@ -162,7 +170,8 @@ class AugmentedBatches(keras.utils.PyDataset):
 
     Parameters
     ----------
-    images : ``(N, S, S, 3) uint8`` RGB.
+    images : ``(N, S, S, 3) uint8`` RGB, or (with ``augment=False``) any ``(N, ...)`` array,
+        e.g. cached features (:func:`compute_features`); batches keep its dtype.
     labels : ``(N,)`` int class indices.
     batch_size : int >= 1; the last batch of an epoch may be smaller.
     seed : int; the epoch's order is ``default_rng((seed, epoch)).permutation(N)`` and each
@@ -220,7 +229,7 @@ class AugmentedBatches(keras.utils.PyDataset):
             from cxr.augment import build_recipe
 
             x = build_recipe(batch_seed(self.seed, self.epoch, index))(images=x)
-        return np.ascontiguousarray(x, dtype=np.uint8), self.targets[rows]
+        return np.ascontiguousarray(x), self.targets[rows]
 
     def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
@@ -657,10 +666,15 @@ class StageCheckpoint(keras.callbacks.Callback):
     log : the run's :class:`EpochLog` (its rows are committed).
     early_stopping : the run's :class:`ResumableEarlyStopping`, or None.
     state : the state resumed from, or None.
+    saved : the model to commit, when ``fit`` runs on a part of it (the trainable tail on
+        cached features, :func:`cxr.model.trainable_tail`); None: the model being fitted.
     """
 
-    def __init__(self, backup: StageBackup, monitor: str, log: EpochLog, early_stopping, state):
+    def __init__(
+        self, backup: StageBackup, monitor: str, log: EpochLog, early_stopping, state, saved=None
+    ):
         super().__init__()
+        self.saved = saved
         self.backup = backup
         self.monitor = monitor
         self.log = log
@@ -682,7 +696,8 @@ class StageCheckpoint(keras.callbacks.Callback):
             "early_stopping": self.early_stopping and self.early_stopping.get_state(),
             "stopped": bool(self.model.stop_training),
         }
-        self.state = self.backup.commit(self.model, state, save_best)
+        model = self.model if self.saved is None else self.saved
+        self.state = self.backup.commit(model, state, save_best)
 
 
 def publish(source: Path, path: Path) -> None:
@@ -697,6 +712,87 @@ def publish(source: Path, path: Path) -> None:
         shutil.copyfile(source, tmp)
     _commit(tmp, path)
     os.utime(path)  # as new as the job: a link keeps the (older) epoch's time
+
+
+#: Version of the feature cache layout; a file of another version is refused.
+FEATURES_VERSION = 1
+
+
+def compute_features(model: keras.Model, images, layer_names, batch_size: int = 32) -> dict:
+    """Outputs of the named base layers for every image: one forward pass, all layers at once.
+
+    Parameters
+    ----------
+    model : a classifier (:func:`cxr.model.build_model`); its base computes the features.
+    images : ``(N, S, S, 3) uint8``.
+    layer_names : base layer names, e.g. :data:`cxr.model.CACHE_LAYERS`.
+    batch_size : images per forward pass (does not change the values beyond float rounding).
+
+    Returns
+    -------
+    dict ``{name: (N, h, w, c) float32}``.
+    """
+    from cxr.model import feature_extractor
+
+    layer_names = list(layer_names)
+    extractor = feature_extractor(model, layer_names)
+    out = {name: [] for name in layer_names}
+    for start in range(0, len(images), batch_size):
+        batch = extractor.predict_on_batch(np.asarray(images[start : start + batch_size]))
+        batch = batch if isinstance(batch, (list, tuple)) else [batch]  # one output: an array
+        for name, value in zip(layer_names, batch, strict=True):
+            out[name].append(np.asarray(value, dtype=np.float32))
+    return {name: np.concatenate(parts) for name, parts in out.items()}
+
+
+def save_features(path, features: dict, labels, digests: dict, store_sha256: str) -> None:
+    """Write a feature cache (``.npz``, uncompressed, loads with ``allow_pickle=False``).
+
+    Arrays: one per layer name (``(N, h, w, c) float32``), ``labels`` (``(N,) int8``, the
+    store's), and ``meta``: JSON ``{"version", "store_sha256", "layers": {name: digest}}``,
+    ``digest`` being :func:`cxr.model.frozen_digest` of the weights that computed that layer's
+    output. Written as ``<name>.tmp``, flushed, then renamed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"version": FEATURES_VERSION, "store_sha256": store_sha256, "layers": dict(digests)}
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    arrays = {name: np.asarray(a, dtype=np.float32) for name, a in features.items()}
+    np.savez(
+        tmp, labels=np.asarray(labels, dtype=np.int8), meta=np.array(json.dumps(meta)), **arrays
+    )
+    _commit(tmp, path)
+
+
+def load_features(path, layer: str, digest: str, store_sha256: str | None = None) -> np.ndarray:
+    """One layer's cached features, after checking they belong to this model and store.
+
+    Parameters
+    ----------
+    path : a file written by :func:`save_features`.
+    layer : base layer name (:func:`cxr.model.cut_layer` of the stage).
+    digest : :func:`cxr.model.frozen_digest` of the model being trained, for that cut.
+    store_sha256 : sha256 of the store the features must come from, or None (not checked).
+
+    Raises
+    ------
+    ValueError
+        Another version, no such layer, features of other frozen weights (e.g. a stage that
+        trained those layers) or of another store.
+    """
+    with np.load(path, allow_pickle=False) as f:
+        meta = json.loads(str(f["meta"]))
+        if meta.get("version") != FEATURES_VERSION:
+            raise ValueError(
+                f"{path}: feature cache version {meta.get('version')}, expected {FEATURES_VERSION}"
+            )
+        if layer not in meta["layers"] or layer not in f.files:
+            raise ValueError(f"{path} has no {layer} features (it has {sorted(meta['layers'])})")
+        if meta["layers"][layer] != digest:
+            raise ValueError(f"{path}: {layer} features were computed with other frozen weights")
+        if store_sha256 is not None and meta["store_sha256"] != store_sha256:
+            raise ValueError(f"{path}: features of another store")
+        return f[layer]
 
 
 def head_of(model: keras.Model) -> tuple[tuple[int, int], tuple[float, float]]:
@@ -757,6 +853,36 @@ def start_model(
     return build_model(image_size, weights=pretrained, dense_units=dense_units, dropout=dropout)
 
 
+def cached_inputs(model, frozen_layers, paths, stores, features=None):
+    """Train and val inputs of the trainable tail: the stage's cut-layer features.
+
+    From the feature caches ``features = (train, val)`` when given (checked against the
+    model's frozen weights and the stores), else computed from ``model`` now, in memory.
+
+    Returns
+    -------
+    ``(x_train, x_val)``, float32 arrays ``(N, h, w, c)``.
+    """
+    from cxr.model import cut_layer, frozen_digest
+
+    cut = cut_layer(model, frozen_layers)
+    if features is None:
+        t0 = time.perf_counter()
+        out = [compute_features(model, store["images"], [cut])[cut] for store in stores]
+        n = sum(len(x) for x in out)
+        print(f"cache_features: {cut} of {n} images in {time.perf_counter() - t0:.1f} s")
+        return tuple(out)
+    digest = frozen_digest(model, frozen_layers)
+    out = []
+    for path, store_path, store in zip(features, paths, stores, strict=True):
+        x = load_features(path, cut, digest, file_digest(store_path))
+        if len(x) != len(store["labels"]):
+            raise ValueError(f"{path}: {len(x)} rows for {len(store['labels'])} images")
+        out.append(x)
+    print(f"cache_features: {cut} from {list(map(str, features))}")
+    return tuple(out)
+
+
 def train_stage(
     train_store,
     val_store,
@@ -783,6 +909,8 @@ def train_stage(
     workers: int = 1,
     devices="auto",
     verbose: int = 2,
+    cache_features: bool = False,
+    features=None,
 ) -> list[dict]:
     """Train one stage and write its best checkpoint and per-epoch history; resumable.
 
@@ -808,6 +936,15 @@ def train_stage(
     workers : threads preparing (augmenting) training batches.
     devices : ``"auto"`` or device names, see :func:`make_strategy`.
     verbose : Keras ``fit`` verbosity (1 progress bar, 2 one line per epoch).
+    cache_features : bool; with ``realtime_augmentation`` off, run the frozen part of the
+        network once per image and train only the trainable part
+        (:func:`cxr.model.trainable_tail`) on its outputs, instead of the whole network at
+        every step. Same function, same dropout streams; equal to full-model training within
+        float rounding (tests/test_feature_cache.py). Ignored (with a note) when real-time
+        augmentation is on (every epoch sees new images) or nothing is frozen.
+    features : None, or ``(train, val)`` paths of feature caches (:func:`save_features`,
+        ``scripts/features.py``) holding the stage's cut layer; their frozen-weights digest
+        and store must match. None: computed here, in memory, from the starting model.
     Other parameters: see :func:`start_model`, :func:`cxr.model.set_frozen`,
     :func:`cxr.model.make_optimizer`.
 
@@ -823,7 +960,13 @@ def train_stage(
     RuntimeError
         If no checkpoint was written (``checkpoint_monitor`` was never finite).
     """
-    from cxr.model import compile_model, make_optimizer, set_frozen
+    from cxr.model import (
+        compile_model,
+        cut_layer,
+        make_optimizer,
+        set_frozen,
+        trainable_tail,
+    )
     from cxr.store import load_store
 
     if pretrained is not None and init is not None:
@@ -865,6 +1008,11 @@ def train_stage(
         momentum=momentum,
         nesterov=nesterov,
     )
+    use_cache = bool(cache_features) and not realtime_augmentation and frozen_layers not in (0, 1)
+    if cache_features and not use_cache:
+        print("cache_features: off (real-time augmentation on, or nothing frozen)")
+    if use_cache:
+        settings["cache_features"] = True  # rounding differs from the uncached run
     files = {"train": train_store, "val": val_store, "pretrained": pretrained, "init": init}
     backup = StageBackup(backup_dir_for(model_path), training_fingerprint(settings, files))
     state = backup.load()
@@ -885,6 +1033,17 @@ def train_stage(
             trainable = set_frozen(model, frozen_layers)
             print(f"frozen: base.layers[:{frozen_layers}]; trainable: {trainable or 'none'}")
             opt = make_optimizer(optimizer, learning_rate, decay, momentum, nesterov)
+            fit_model, x_train, x_val = model, train["images"], val["images"]
+            if use_cache:
+                cut = cut_layer(model, frozen_layers)
+                x_train, x_val = cached_inputs(
+                    model, frozen_layers, (train_store, val_store), (train, val), features
+                )
+                fit_model = trainable_tail(model, frozen_layers)
+                print(f"cache_features: training {fit_model.name} on {cut} {x_train.shape[1:]}")
+                compile_model(fit_model, opt)
+                opt.build(fit_model.trainable_variables)
+            # The saved model carries the optimiser (built on the same variables either way).
             compile_model(model, opt)
             if state is not None:
                 load_variables(model, backup.directory / state["variables"])
@@ -899,10 +1058,12 @@ def train_stage(
                     state=None if state is None else state["early_stopping"],
                 )
                 callbacks.append(early_stopping)
-            checkpoint = StageCheckpoint(backup, checkpoint_monitor, log, early_stopping, state)
+            checkpoint = StageCheckpoint(
+                backup, checkpoint_monitor, log, early_stopping, state, saved=model
+            )
             callbacks.append(checkpoint)
             batches = AugmentedBatches(
-                train["images"],
+                x_train,
                 train["labels"],
                 batch_size,
                 seed,
@@ -911,9 +1072,9 @@ def train_stage(
                 start_epoch=done,
             )
             callbacks.insert(0, EpochSync(batches))
-            model.fit(
+            fit_model.fit(
                 batches,
-                validation_data=(val["images"], one_hot(val["labels"])),
+                validation_data=(x_val, one_hot(val["labels"])),
                 validation_batch_size=batch_size,
                 epochs=epochs,
                 initial_epoch=done,

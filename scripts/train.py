@@ -10,6 +10,11 @@ Killed at any point (``kill -9``, a SLURM time limit or preemption), the same co
 again resumes after the last completed epoch (``cxr.train.train_stage``). Trains on every GPU
 it sees (``--devices auto``): several -> ``MirroredStrategy``, the global --batch_size split
 evenly over them.
+
+With ``--realtime_augmentation false --cache_features true`` the frozen part of the network runs
+once per image and only the trainable part is trained, on its outputs (``--features``: the
+caches of ``scripts/features.py``; without it they are computed here, in memory); equal to
+training the whole network within float rounding. ``--cache_features`` defaults to false.
 """
 
 import argparse
@@ -88,6 +93,20 @@ p.add_argument(
     default=0,
     help="GPUs the job asked the scheduler for (train.gpus): a warning when fewer are visible",
 )
+p.add_argument(
+    "--cache_features",
+    type=boolean,
+    default=False,
+    help="with --realtime_augmentation false: train only the trainable part on the frozen"
+    " part's outputs, computed once (train.cache_features)",
+)
+p.add_argument(
+    "--features",
+    nargs=2,
+    default=None,
+    metavar=("TRAIN", "VAL"),
+    help="feature caches of scripts/features.py for --cache_features; default: computed here",
+)
 a = p.parse_args()
 # One line at a time into the log, so a killed job's log shows how far it got.
 sys.stdout.reconfigure(line_buffering=True)
@@ -131,4 +150,6 @@ train_stage(
     workers=a.threads,
     devices=a.devices,
     verbose=2,
+    cache_features=a.cache_features,
+    features=a.features,
 )

@@ -1,0 +1,50 @@
+"""Rule features: the frozen part of VGG19 run once per image, for every training stage.
+
+Computes, for each split store given, the outputs of ``cxr.model.CACHE_LAYERS``
+(block3_pool, block4_pool, block5_pool) of the ImageNet VGG19 base in one forward pass per
+image, and writes them with their frozen-weights digests (``cxr.train.save_features``).
+Stage 1 trains the head on block5_pool, stage 2 block 5 + head on block4_pool, stage 3
+blocks 4-5 + head on block3_pool (``scripts/train.py --cache_features true --features ...``);
+each stage checks the digest against its own starting model, so the cache can only be used
+where those layers are the pretrained ones. Only for runs with real-time augmentation off.
+"""
+
+import argparse
+import sys
+
+p = argparse.ArgumentParser(description=__doc__)
+p.add_argument("--stores", nargs="+", required=True, help="split stores (.npz)")
+p.add_argument("--pretrained", required=True, help="VGG19 ImageNet notop weights (.h5)")
+p.add_argument("--out", nargs="+", required=True, help="one feature file (.npz) per store")
+p.add_argument("--layers", nargs="+", default=None, help="base layers (default: CACHE_LAYERS)")
+p.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
+p.add_argument("--threads", type=int, default=1, help="TF thread pools")
+a = p.parse_args()
+if len(a.out) != len(a.stores):
+    p.error(f"--out needs one path per store: {len(a.stores)} stores, {len(a.out)} paths")
+sys.stdout.reconfigure(line_buffering=True)
+
+from cxr.train import configure_threads  # noqa: E402
+
+configure_threads(a.threads)
+
+import time  # noqa: E402
+
+from cxr.model import CACHE_LAYERS, base_of, build_model, frozen_digest  # noqa: E402
+from cxr.store import load_store  # noqa: E402
+from cxr.train import compute_features, file_digest, save_features  # noqa: E402
+
+layers = a.layers or list(CACHE_LAYERS)
+model = None
+for store_path, out in zip(a.stores, a.out, strict=True):
+    store = load_store(store_path)
+    if model is None:  # the base is loaded once for all stores
+        model = build_model(store["images"].shape[1], weights=a.pretrained)
+        names = [layer.name for layer in base_of(model).layers]
+        digests = {name: frozen_digest(model, names.index(name) + 1) for name in layers}
+    t0 = time.perf_counter()
+    features = compute_features(model, store["images"], layers, a.batch_size)
+    seconds = time.perf_counter() - t0
+    save_features(out, features, store["labels"], digests, file_digest(store_path))
+    shapes = {name: x.shape for name, x in features.items()}
+    print(f"{store_path} -> {out}: {len(store['labels'])} images, {seconds:.1f} s, {shapes}")
