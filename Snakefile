@@ -17,6 +17,7 @@ include: "rules/acquire.smk"
 include: "rules/data.smk"
 include: "rules/model.smk"
 include: "rules/evaluation.smk"
+include: "rules/seeds.smk"
 
 
 rule all:
@@ -25,3 +26,4 @@ rule all:
         DATA_OUTPUTS,
         MODEL_OUTPUTS,
         EVALUATION_OUTPUTS,
+        SEEDS_OUTPUTS,

@@ -66,9 +66,11 @@ PATH_KEYS = {"mirror": "mirror", "pretrained_weights": "file"}
 #: Rules with no DVC stage, and why. Their jobs are left out of the comparison.
 SNAKEMAKE_ONLY = {
     "evaluate_external": "runs only when external.metadata is set; DVC has no optional stages",
+    "seeds_summary": "runs only when seeds are listed; in DVC, repeat runs are experiments"
+    " (dvc exp run -S config.yaml:split.seed=N ...)",
 }
 #: Keys that switch jobs on or off (the rules above): probes keep their config.yaml value.
-STRUCTURAL_KEYS = frozenset({"external.metadata", "external.images"})
+STRUCTURAL_KEYS = frozenset({"external.metadata", "external.images", "seeds"})
 NONE_WORDS = frozenset({"None", "null", ""})
 BOOLEAN_WORDS = {"True": "true", "False": "false"}
 

@@ -1,6 +1,7 @@
 # Shared by all rules: config validation (schema with defaults), quoting of config values
 # that reach a shell, and the lists of final targets.
 import os
+import re
 import shlex
 
 from snakemake.utils import validate
@@ -40,6 +41,26 @@ def with_resources(message):
     --profile profiles/slurm) shows what each job would ask a scheduler for."""
     note = "[{threads} threads, {resources.mem_mb} MB, {resources.runtime} min]"
     return f"{message} {note}"
+
+
+# The split-to-report chain runs once at the top level (run = "") and, for each seed in
+# config `seeds`, again under runs/seed_<N>/ with that seed as split, augment and train seed.
+wildcard_constraints:
+    run=r"(runs/seed_\d+/)?",
+
+
+config["seeds"] = [int(seed) for seed in config["seeds"]]
+SEED_RUNS = [f"runs/seed_{seed}/" for seed in config["seeds"]]
+
+
+def run_seed(section):
+    """Params function: config[section]["seed"], or N inside runs/seed_N/."""
+
+    def seed(wildcards):
+        match = re.fullmatch(r"runs/seed_(\d+)/", wildcards.run)
+        return int(match.group(1)) if match else config[section]["seed"]
+
+    return seed
 
 
 SPLITS = ["train", "val", "test"]

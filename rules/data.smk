@@ -46,11 +46,11 @@ rule split:
         manifest=rules.manifest.output.manifest,
         near_duplicates=rules.manifest.output.near_duplicates,
     output:
-        train="data/splits/train.csv",
-        val="data/splits/val.csv",
-        test="data/splits/test.csv",
+        train="{run}data/splits/train.csv",
+        val="{run}data/splits/val.csv",
+        test="{run}data/splits/test.csv",
     log:
-        "logs/split.log",
+        "{run}logs/split.log",
     conda:
         "../envs/cxr.yaml"
     threads: 1
@@ -58,7 +58,7 @@ rule split:
         mem_mb=1000,
         runtime=10,
     params:
-        seed=config["split"]["seed"],
+        seed=run_seed("split"),
         test_per_class=config["split"]["test_per_class"],
         val_fraction=config["split"]["val_fraction"],
         max_per_class=config["split"]["max_per_class"],
@@ -78,12 +78,12 @@ rule augment:
     input:
         rules.split.output.train,
     output:
-        csv="data/augmented/augmented.csv",
-        images=directory("data/augmented/images"),
+        csv="{run}data/augmented/augmented.csv",
+        images=directory("{run}data/augmented/images"),
     log:
-        "logs/augment.log",
+        "{run}logs/augment.log",
     benchmark:
-        "benchmarks/augment.tsv"
+        "{run}benchmarks/augment.tsv"
     conda:
         "../envs/cxr.yaml"
     threads: 1
@@ -91,7 +91,7 @@ rule augment:
         mem_mb=2000,
         runtime=30,
     params:
-        seed=config["augment"]["seed"],
+        seed=run_seed("augment"),
         target=config["augment"]["target"],
     message:
         with_resources("Augmenting training COVID images to {params.target}")
@@ -109,13 +109,13 @@ rule preprocess:
         augmented=rules.augment.output.csv,
         augmented_images=rules.augment.output.images,
     output:
-        train="data/store/train.npz",
-        val="data/store/val.npz",
-        test="data/store/test.npz",
+        train="{run}data/store/train.npz",
+        val="{run}data/store/val.npz",
+        test="{run}data/store/test.npz",
     log:
-        "logs/preprocess.log",
+        "{run}logs/preprocess.log",
     benchmark:
-        "benchmarks/preprocess.tsv"
+        "{run}benchmarks/preprocess.tsv"
     conda:
         "../envs/cxr.yaml"
     threads: 1

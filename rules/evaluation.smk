@@ -52,25 +52,41 @@ EVALUATION_OUTPUTS = [
 # ROC and precision-recall curves per evaluation (AUC with interval); test reliability diagram.
 rule evaluation_figures:
     input:
-        metrics=expand("reports/metrics/{evaluation}.json", evaluation=EVALUATIONS),
-        roc=expand("reports/curves/{evaluation}_roc.csv", evaluation=EVALUATIONS),
-        pr=expand("reports/curves/{evaluation}_pr.csv", evaluation=EVALUATIONS),
-        test="reports/metrics/model_03_test.json",
+        metrics=expand(
+            "{run}reports/metrics/{evaluation}.json",
+            evaluation=EVALUATIONS,
+            allow_missing=True,
+        ),
+        roc=expand(
+            "{run}reports/curves/{evaluation}_roc.csv",
+            evaluation=EVALUATIONS,
+            allow_missing=True,
+        ),
+        pr=expand(
+            "{run}reports/curves/{evaluation}_pr.csv",
+            evaluation=EVALUATIONS,
+            allow_missing=True,
+        ),
+        test="{run}reports/metrics/model_03_test.json",
     output:
         roc_pr=report(
-            expand("reports/figures/{evaluation}_roc_pr.png", evaluation=EVALUATIONS),
+            expand(
+                "{run}reports/figures/{evaluation}_roc_pr.png",
+                evaluation=EVALUATIONS,
+                allow_missing=True,
+            ),
             caption="../report/roc_pr.rst",
             category="2. Evaluation",
             subcategory="ROC and precision-recall",
         ),
         reliability=report(
-            "reports/figures/model_03_test_reliability.png",
+            "{run}reports/figures/model_03_test_reliability.png",
             caption="../report/reliability.rst",
             category="2. Evaluation",
             subcategory="Calibration",
         ),
     log:
-        "logs/evaluation_figures.log",
+        "{run}logs/evaluation_figures.log",
     conda:
         "../envs/cxr.yaml"
     threads: 1
@@ -90,20 +106,20 @@ rule evaluation_figures:
 # Grad-CAM (last VGG19 convolution) on every test image: heat share in the lung box; a grid.
 rule gradcam:
     input:
-        model="models/model_03.keras",
-        store="data/store/test.npz",
+        model="{run}models/model_03.keras",
+        store="{run}data/store/test.npz",
     output:
-        heat="reports/audit/gradcam_heat.csv",
-        summary="reports/audit/gradcam.json",
+        heat="{run}reports/audit/gradcam_heat.csv",
+        summary="{run}reports/audit/gradcam.json",
         figure=report(
-            "reports/figures/model_03_test_gradcam.png",
+            "{run}reports/figures/model_03_test_gradcam.png",
             caption="../report/gradcam.rst",
             category="3. Grad-CAM and shortcut audit",
         ),
     log:
-        "logs/gradcam.log",
+        "{run}logs/gradcam.log",
     benchmark:
-        "benchmarks/gradcam.tsv"
+        "{run}benchmarks/gradcam.tsv"
     conda:
         "../envs/cxr.yaml"
     threads: 2
@@ -132,14 +148,14 @@ rule gradcam:
 # Blind baselines trained on train, scored on test: thumbnails; width, height and mode alone.
 rule audit_baselines:
     input:
-        train_store="data/store/train.npz",
-        test_store="data/store/test.npz",
-        train="data/splits/train.csv",
-        test="data/splits/test.csv",
+        train_store="{run}data/store/train.npz",
+        test_store="{run}data/store/test.npz",
+        train="{run}data/splits/train.csv",
+        test="{run}data/splits/test.csv",
     output:
-        "reports/audit/baselines.json",
+        "{run}reports/audit/baselines.json",
     log:
-        "logs/audit_baselines.log",
+        "{run}logs/audit_baselines.log",
     conda:
         "../envs/cxr.yaml"
     threads: 1
@@ -165,12 +181,12 @@ rule audit_baselines:
 # model_03 on the test images with the central lung box masked out.
 rule audit_masked:
     input:
-        model="models/model_03.keras",
-        store="data/store/test.npz",
+        model="{run}models/model_03.keras",
+        store="{run}data/store/test.npz",
     output:
-        "reports/audit/masked.json",
+        "{run}reports/audit/masked.json",
     log:
-        "logs/audit_masked.log",
+        "{run}logs/audit_masked.log",
     conda:
         "../envs/cxr.yaml"
     threads: 2
@@ -198,17 +214,17 @@ rule shortcut_audit:
     input:
         baselines=rules.audit_baselines.output[0],
         masked=rules.audit_masked.output[0],
-        metrics="reports/metrics/model_03_test.json",
+        metrics="{run}reports/metrics/model_03_test.json",
         gradcam=rules.gradcam.output.summary,
     output:
-        audit="reports/audit/shortcut_audit.json",
+        audit="{run}reports/audit/shortcut_audit.json",
         figure=report(
-            "reports/figures/shortcut_audit.png",
+            "{run}reports/figures/shortcut_audit.png",
             caption="../report/shortcut_audit.rst",
             category="3. Grad-CAM and shortcut audit",
         ),
     log:
-        "logs/shortcut_audit.log",
+        "{run}logs/shortcut_audit.log",
     conda:
         "../envs/cxr.yaml"
     threads: 1
@@ -230,21 +246,21 @@ rule shortcut_audit:
 # Honesty check: model_03 on ieee8023 adult non-COVID viral pneumonia (same population).
 rule evaluate_ieee8023_viral:
     input:
-        model="models/model_03.keras",
+        model="{run}models/model_03.keras",
         excluded="data/interim/excluded.csv",
         covid_dir=rules.acquire_covid.output[0],
-        test_predictions="reports/predictions/model_03_test.csv",
+        test_predictions="{run}reports/predictions/model_03_test.csv",
     output:
-        metrics="reports/external/ieee8023_viral.json",
-        predictions="reports/external/ieee8023_viral_predictions.csv",
-        errors="reports/external/ieee8023_viral_errors.csv",
+        metrics="{run}reports/external/ieee8023_viral.json",
+        predictions="{run}reports/external/ieee8023_viral_predictions.csv",
+        errors="{run}reports/external/ieee8023_viral_errors.csv",
         figure=report(
-            "reports/figures/ieee8023_viral.png",
+            "{run}reports/figures/ieee8023_viral.png",
             caption="../report/ieee8023_viral.rst",
             category="4. Tests outside the split",
         ),
     log:
-        "logs/evaluate_ieee8023_viral.log",
+        "{run}logs/evaluate_ieee8023_viral.log",
     conda:
         "../envs/cxr.yaml"
     threads: 2
@@ -278,19 +294,19 @@ rule evaluate_ieee8023_viral:
 # model_03 on a labelled folder from another source (config external.metadata; off if null).
 rule evaluate_external:
     input:
-        model="models/model_03.keras",
+        model="{run}models/model_03.keras",
         metadata=EXTERNAL["metadata"] or [],
     output:
-        metrics="reports/external/external.json",
-        predictions="reports/external/external_predictions.csv",
-        errors="reports/external/external_errors.csv",
+        metrics="{run}reports/external/external.json",
+        predictions="{run}reports/external/external_predictions.csv",
+        errors="{run}reports/external/external_errors.csv",
         figure=report(
-            "reports/figures/external_roc_pr.png",
+            "{run}reports/figures/external_roc_pr.png",
             caption="../report/external.rst",
             category="4. Tests outside the split",
         ),
     log:
-        "logs/evaluate_external.log",
+        "{run}logs/evaluate_external.log",
     conda:
         "../envs/cxr.yaml"
     threads: 2
@@ -324,22 +340,28 @@ rule model_card:
         manifest="data/interim/manifest.csv",
         excluded="data/interim/excluded.csv",
         covid_dir=rules.acquire_covid.output[0],
-        splits=expand("data/splits/{split}.csv", split=SPLITS),
-        augmented="data/augmented/augmented.csv",
-        histories=expand("reports/history/{stage}.csv", stage=STAGES),
-        metrics=expand("reports/metrics/{evaluation}.json", evaluation=EVALUATIONS),
+        splits=expand("{run}data/splits/{split}.csv", split=SPLITS, allow_missing=True),
+        augmented="{run}data/augmented/augmented.csv",
+        histories=expand(
+            "{run}reports/history/{stage}.csv", stage=STAGES, allow_missing=True
+        ),
+        metrics=expand(
+            "{run}reports/metrics/{evaluation}.json",
+            evaluation=EVALUATIONS,
+            allow_missing=True,
+        ),
         audit=rules.shortcut_audit.output.audit,
         gradcam=rules.gradcam.output.summary,
         viral=rules.evaluate_ieee8023_viral.output.metrics,
         external=EXTERNAL_OUTPUTS[:1],
     output:
         report(
-            "reports/model_card.md",
+            "{run}reports/model_card.md",
             caption="../report/model_card.rst",
             category="5. Model card",
         ),
     log:
-        "logs/model_card.log",
+        "{run}logs/model_card.log",
     conda:
         "../envs/cxr.yaml"
     threads: 1

@@ -53,20 +53,20 @@ for stage, previous in zip(STAGES, [None, *STAGES]):
         name:
             f"train_{stage}"
         input:
-            train="data/store/train.npz",
-            val="data/store/val.npz",
+            train="{run}data/store/train.npz",
+            val="{run}data/store/val.npz",
             start=(
                 rules.acquire_weights.output[0]
                 if previous is None
                 else getattr(rules, f"train_{previous}").output.model
             ),
         output:
-            model=f"models/{stage}.keras",
-            history=f"reports/history/{stage}.csv",
+            model=f"{{run}}models/{stage}.keras",
+            history=f"{{run}}reports/history/{stage}.csv",
         log:
-            f"logs/train_{stage}.log",
+            f"{{run}}logs/train_{stage}.log",
         benchmark:
-            f"benchmarks/train_{stage}.tsv"
+            f"{{run}}benchmarks/train_{stage}.tsv"
         conda:
             "../envs/cxr.yaml"
         threads: 8
@@ -76,7 +76,7 @@ for stage, previous in zip(STAGES, [None, *STAGES]):
             gpu=TRAIN["gpus"],
         params:
             start_option="pretrained" if previous is None else "init",
-            seed=TRAIN["seed"],
+            seed=run_seed("train"),
             batch_size=TRAIN["batch_size"],
             realtime_augmentation=TRAIN["realtime_augmentation"],
             dense_units=TRAIN["dense_units"],
@@ -117,18 +117,18 @@ for stage, previous in zip(STAGES, [None, *STAGES]):
 # ROC / precision-recall / reliability tables (CSV, plots-friendly).
 rule evaluate:
     input:
-        model="models/{model}.keras",
-        store="data/store/{split}.npz",
+        model="{run}models/{model}.keras",
+        store="{run}data/store/{split}.npz",
     output:
-        metrics="reports/metrics/{model}_{split}.json",
-        predictions="reports/predictions/{model}_{split}.csv",
-        roc="reports/curves/{model}_{split}_roc.csv",
-        pr="reports/curves/{model}_{split}_pr.csv",
-        calibration="reports/curves/{model}_{split}_calibration.csv",
+        metrics="{run}reports/metrics/{model}_{split}.json",
+        predictions="{run}reports/predictions/{model}_{split}.csv",
+        roc="{run}reports/curves/{model}_{split}_roc.csv",
+        pr="{run}reports/curves/{model}_{split}_pr.csv",
+        calibration="{run}reports/curves/{model}_{split}_calibration.csv",
     log:
-        "logs/evaluate/{model}_{split}.log",
+        "{run}logs/evaluate/{model}_{split}.log",
     benchmark:
-        "benchmarks/evaluate/{model}_{split}.tsv"
+        "{run}benchmarks/evaluate/{model}_{split}.tsv"
     wildcard_constraints:
         model="model_0[1-3]",
         split="train|val|test",
@@ -164,39 +164,53 @@ rule report:
             rules.train_model_02.output.history,
             rules.train_model_03.output.history,
         ],
-        metrics=expand("reports/metrics/{evaluation}.json", evaluation=EVALUATIONS),
-        predictions="reports/predictions/model_03_test.csv",
-        test_store="data/store/test.npz",
+        metrics=expand(
+            "{run}reports/metrics/{evaluation}.json",
+            evaluation=EVALUATIONS,
+            allow_missing=True,
+        ),
+        predictions="{run}reports/predictions/model_03_test.csv",
+        test_store="{run}data/store/test.npz",
     output:
         curves=report(
-            expand("reports/figures/{stage}_curves.png", stage=STAGES),
+            expand(
+                "{run}reports/figures/{stage}_curves.png",
+                stage=STAGES,
+                allow_missing=True,
+            ),
             caption="../report/training_curves.rst",
             category="1. Training",
         ),
         confusion=report(
             expand(
-                "reports/figures/{evaluation}_confusion.png", evaluation=EVALUATIONS
+                "{run}reports/figures/{evaluation}_confusion.png",
+                evaluation=EVALUATIONS,
+                allow_missing=True,
             ),
             caption="../report/confusion.rst",
             category="2. Evaluation",
             subcategory="Confusion matrices",
         ),
         tables=report(
-            expand("reports/figures/{evaluation}_report.png", evaluation=EVALUATIONS),
+            expand(
+                "{run}reports/figures/{evaluation}_report.png",
+                evaluation=EVALUATIONS,
+                allow_missing=True,
+            ),
             caption="../report/report_table.rst",
             category="2. Evaluation",
             subcategory="Scores with intervals",
         ),
         samples=report(
-            "reports/figures/model_03_test_samples.png",
+            "{run}reports/figures/model_03_test_samples.png",
             caption="../report/test_samples.rst",
             category="2. Evaluation",
             subcategory="Test samples",
         ),
     log:
-        "logs/report.log",
+        "{run}logs/report.log",
     benchmark:
-        "benchmarks/report.tsv"
+        "{run}benchmarks/report.tsv"
     conda:
         "../envs/cxr.yaml"
     threads: 1

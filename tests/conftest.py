@@ -45,11 +45,13 @@ def snakemake(
     check: bool = True,
     mirror: Path | None = None,
     cores: int = 2,
+    config: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess:
     """Run snakemake in ``workdir`` on the real mirror, with the smoke overlay unless told not.
 
     Returns the finished process; its ``stdout`` holds stdout and stderr together.
-    ``args`` (targets, flags) come first: ``--configfile``/``--config`` take every word after.
+    ``args`` (targets, flags) come first: ``--configfile``/``--config`` take every word after;
+    ``config`` adds ``key=value`` words to ``--config``.
     ``mirror`` is a config parameter (a change reruns acquire): by default the one this
     workdir first ran with (remembered in ``.test-mirror``), else the real mirror.
     """
@@ -69,6 +71,7 @@ def snakemake(
         "--config",
         f"mirror={mirror}",
         f"pretrained_weights={WEIGHTS}",
+        *config,
     ]
     # Rules call `python`: make it this interpreter, whatever PATH the test runner had.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
