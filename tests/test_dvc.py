@@ -232,7 +232,7 @@ PLANTED = {
         "split / stage split: option --seed",
     ),
     "rule-reads-another-key": (
-        _replace("rules/data.smk", 'config["split"]["seed"]', 'config["augment"]["seed"]'),
+        _replace("rules/data.smk", 'run_seed("split")', 'run_seed("augment")'),
         "split / stage split: option --seed",
     ),
     "param-not-listed": (
