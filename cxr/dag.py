@@ -296,7 +296,9 @@ def snakemake_dag(root: Path) -> tuple[set[str], list[Step]]:
         for job in workflow.dag.jobs:
             if not job.output or job.rule.name in SNAKEMAKE_ONLY:
                 continue
-            wildcards = ",".join(f"{k}={v}" for k, v in sorted(job.wildcards_dict.items()))
+            wildcards = ",".join(
+                f"{k}={v}" for k, v in sorted(job.wildcards_dict.items()) if v
+            )  # the empty {run} of the top-level run is no wildcard worth naming
             steps.append(
                 Step(
                     name=f"{job.rule.name}[{wildcards}]" if wildcards else job.rule.name,
