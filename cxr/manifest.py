@@ -93,12 +93,14 @@ def _describe(path: Path, label, source, patient_id, view, finding, min_side, ma
     }
 
 
-def _exclude(path, label, source, patient_id, reason, detail=""):
+def _exclude(rec: dict, reason: str, detail: str = "") -> dict:
+    """An excluded.csv row for a candidate or manifest row ``rec`` (path, label, source,
+    patient_id), with the reason it was not taken."""
     return {
-        "path": Path(path).as_posix(),
-        "label": label,
-        "source": source,
-        "patient_id": patient_id,
+        "path": Path(rec["path"]).as_posix(),
+        "label": rec["label"],
+        "source": rec["source"],
+        "patient_id": rec["patient_id"],
         "reason": reason,
         "detail": detail,
     }
@@ -127,7 +129,8 @@ def covid_candidates(covid_dir, *, covid_findings, modality, views):
             reason, detail = "missing file", "listed in metadata.csv, no file"
         if reason:
             label = "covid" if is_covid else ""
-            yield "exclude", _exclude(path, label, "ieee8023", pid, reason, detail)
+            rec = {"path": path, "label": label, "source": "ieee8023", "patient_id": pid}
+            yield "exclude", _exclude(rec, reason, detail)
             continue
         seen.add(rec["filename"])
         take = dict(path=path, label="covid", source="ieee8023", patient_id=pid)
@@ -188,46 +191,19 @@ def build_manifest(
         try:
             taken.append(_describe(min_side=min_side, max_pixels=max_pixels, **rec))
         except ImageError as err:
-            excluded.append(
-                _exclude(
-                    rec["path"],
-                    rec["label"],
-                    rec["source"],
-                    rec["patient_id"],
-                    err.reason,
-                    str(err),
-                )
-            )
+            excluded.append(_exclude(rec, err.reason, str(err)))
     df = pd.DataFrame(taken, columns=COLUMNS).sort_values("path", ignore_index=True)
     # The same image under two labels cannot be trusted for either: drop both.
     labels_per_hash = df.groupby("sha256")["label"].transform("nunique")
     for rec in df[labels_per_hash > 1].to_dict("records"):
-        excluded.append(
-            _exclude(
-                rec["path"],
-                rec["label"],
-                rec["source"],
-                rec["patient_id"],
-                "same image in both classes",
-                rec["sha256"],
-            )
-        )
+        excluded.append(_exclude(rec, "same image in both classes", rec["sha256"]))
     df = df[labels_per_hash <= 1]
     # Exact duplicates under other names (same bytes, or same decoded pixels): keep the first.
     for key, what in (("sha256", "same file bytes"), ("pixel_sha256", "same pixels")):
         dup = df.duplicated(key, keep="first")
         first = df.drop_duplicates(key).set_index(key)["path"]
         for rec in df[dup].to_dict("records"):
-            excluded.append(
-                _exclude(
-                    rec["path"],
-                    rec["label"],
-                    rec["source"],
-                    rec["patient_id"],
-                    "duplicate image",
-                    f"{what} as {first[rec[key]]}",
-                )
-            )
+            excluded.append(_exclude(rec, "duplicate image", f"{what} as {first[rec[key]]}"))
         df = df[~dup]
     df = df.reset_index(drop=True)
     ex = pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS).sort_values(
