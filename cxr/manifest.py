@@ -216,7 +216,8 @@ def near_duplicates(manifest: pd.DataFrame, max_distance: int) -> pd.DataFrame:
     """Pairs of manifest images whose perceptual hashes differ in at most ``max_distance`` bits.
 
     Reported, not excluded: a near duplicate may be a re-scan, a crop, or two genuinely similar
-    films. Pairs of different patients are a leakage risk the split log reports.
+    films. Pairs of different patients are a leakage risk: the split keeps the patients of a
+    same-label pair together (:func:`cxr.split.patient_groups`).
 
     Parameters
     ----------
