@@ -79,6 +79,7 @@ for stage, previous in zip(STAGES, [None, *STAGES]):
             seed=run_seed("train"),
             batch_size=TRAIN["batch_size"],
             realtime_augmentation=TRAIN["realtime_augmentation"],
+            cache_features=TRAIN["cache_features"],
             dense_units=TRAIN["dense_units"],
             dropout=TRAIN["dropout"],
             early_stopping_monitor=TRAIN["early_stopping_monitor"],
@@ -103,6 +104,7 @@ for stage, previous in zip(STAGES, [None, *STAGES]):
             " --model {output.model:q} --history {output.history:q}"
             " --threads {threads} --seed {params.seed} --batch_size {params.batch_size}"
             " --realtime_augmentation {params.realtime_augmentation}"
+            " --cache_features {params.cache_features}"
             " --dense_units {params.dense_units} --dropout {params.dropout}"
             " --early_stopping_monitor {params.early_stopping_monitor:q}"
             " --patience {params.patience}"
