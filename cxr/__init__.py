@@ -10,7 +10,7 @@ Modules follow the data flow, and each imports only from those before it:
 - evaluation: metrics (intervals, curves, calibration) -> figures -> gradcam -> audit
   (shortcut audit) -> external (other image sets) -> model_card
 - predict (the ``cxr-predict`` console script) and dag (Snakefile / dvc.yaml lockstep) use
-  the modules above.
+  the modules above; cli (argument types of scripts/) uses none.
 """
 
 #: Class names in label-index order. Index 1 (``covid``) is the positive class everywhere:

@@ -58,6 +58,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from cxr.store import file_digest
+
 HISTORY_COLUMNS = (
     "epoch",
     "loss",
@@ -416,21 +418,6 @@ def backup_dir_for(model_path) -> Path:
     return model_path.parent / BACKUP_DIRNAME / model_path.stem
 
 
-def file_digest(path) -> str:
-    """sha256 (hex) of a file's bytes, read in 1 MiB blocks.
-
-    Raises
-    ------
-    OSError
-        If the file cannot be read.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def training_fingerprint(settings: dict, files: dict) -> str:
     """sha256 (hex) naming one training run: its settings and its input files' contents.
 
@@ -714,10 +701,6 @@ def publish(source: Path, path: Path) -> None:
     os.utime(path)  # as new as the job: a link keeps the (older) epoch's time
 
 
-#: Version of the feature cache layout; a file of another version is refused.
-FEATURES_VERSION = 1
-
-
 def compute_features(model: keras.Model, images, layer_names, batch_size: int = 32) -> dict:
     """Outputs of the named base layers for every image: one forward pass, all layers at once.
 
@@ -743,56 +726,6 @@ def compute_features(model: keras.Model, images, layer_names, batch_size: int = 
         for name, value in zip(layer_names, batch, strict=True):
             out[name].append(np.asarray(value, dtype=np.float32))
     return {name: np.concatenate(parts) for name, parts in out.items()}
-
-
-def save_features(path, features: dict, labels, digests: dict, store_sha256: str) -> None:
-    """Write a feature cache (``.npz``, uncompressed, loads with ``allow_pickle=False``).
-
-    Arrays: one per layer name (``(N, h, w, c) float32``), ``labels`` (``(N,) int8``, the
-    store's), and ``meta``: JSON ``{"version", "store_sha256", "layers": {name: digest}}``,
-    ``digest`` being :func:`cxr.model.frozen_digest` of the weights that computed that layer's
-    output. Written as ``<name>.tmp``, flushed, then renamed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"version": FEATURES_VERSION, "store_sha256": store_sha256, "layers": dict(digests)}
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    arrays = {name: np.asarray(a, dtype=np.float32) for name, a in features.items()}
-    np.savez(
-        tmp, labels=np.asarray(labels, dtype=np.int8), meta=np.array(json.dumps(meta)), **arrays
-    )
-    _commit(tmp, path)
-
-
-def load_features(path, layer: str, digest: str, store_sha256: str | None = None) -> np.ndarray:
-    """One layer's cached features, after checking they belong to this model and store.
-
-    Parameters
-    ----------
-    path : a file written by :func:`save_features`.
-    layer : base layer name (:func:`cxr.model.cut_layer` of the stage).
-    digest : :func:`cxr.model.frozen_digest` of the model being trained, for that cut.
-    store_sha256 : sha256 of the store the features must come from, or None (not checked).
-
-    Raises
-    ------
-    ValueError
-        Another version, no such layer, features of other frozen weights (e.g. a stage that
-        trained those layers) or of another store.
-    """
-    with np.load(path, allow_pickle=False) as f:
-        meta = json.loads(str(f["meta"]))
-        if meta.get("version") != FEATURES_VERSION:
-            raise ValueError(
-                f"{path}: feature cache version {meta.get('version')}, expected {FEATURES_VERSION}"
-            )
-        if layer not in meta["layers"] or layer not in f.files:
-            raise ValueError(f"{path} has no {layer} features (it has {sorted(meta['layers'])})")
-        if meta["layers"][layer] != digest:
-            raise ValueError(f"{path}: {layer} features were computed with other frozen weights")
-        if store_sha256 is not None and meta["store_sha256"] != store_sha256:
-            raise ValueError(f"{path}: features of another store")
-        return f[layer]
 
 
 def head_of(model: keras.Model) -> tuple[tuple[int, int], tuple[float, float]]:
@@ -856,30 +789,44 @@ def start_model(
 def cached_inputs(model, frozen_layers, paths, stores, features=None):
     """Train and val inputs of the trainable tail: the stage's cut-layer features.
 
-    From the feature caches ``features = (train, val)`` when given (checked against the
-    model's frozen weights and the stores), else computed from ``model`` now, in memory.
+    From the feature caches ``features = (train, val)`` when given and usable (checked
+    against the model's frozen weights and the stores, :func:`cxr.store.load_features`),
+    else computed from ``model`` now, in memory (one forward pass of the frozen part per
+    image), with a note saying why: a cache written with the cache off, without the stage's
+    cut layer, or from other frozen weights (a stage whose frozen layers an earlier stage
+    trained) is not an error, only not usable.
 
     Returns
     -------
     ``(x_train, x_val)``, float32 arrays ``(N, h, w, c)``.
+
+    Raises
+    ------
+    ValueError
+        Features of another store, or another number of rows than the store's images.
     """
     from cxr.model import cut_layer, frozen_digest
+    from cxr.store import UnusableFeatures, load_features
 
     cut = cut_layer(model, frozen_layers)
-    if features is None:
-        t0 = time.perf_counter()
-        out = [compute_features(model, store["images"], [cut])[cut] for store in stores]
-        n = sum(len(x) for x in out)
-        print(f"cache_features: {cut} of {n} images in {time.perf_counter() - t0:.1f} s")
-        return tuple(out)
-    digest = frozen_digest(model, frozen_layers)
-    out = []
-    for path, store_path, store in zip(features, paths, stores, strict=True):
-        x = load_features(path, cut, digest, file_digest(store_path))
-        if len(x) != len(store["labels"]):
-            raise ValueError(f"{path}: {len(x)} rows for {len(store['labels'])} images")
-        out.append(x)
-    print(f"cache_features: {cut} from {list(map(str, features))}")
+    if features is not None:
+        digest = frozen_digest(model, frozen_layers)
+        out = []
+        try:
+            for path, store_path, store in zip(features, paths, stores, strict=True):
+                x = load_features(path, cut, digest, file_digest(store_path))
+                if len(x) != len(store["labels"]):
+                    raise ValueError(f"{path}: {len(x)} rows for {len(store['labels'])} images")
+                out.append(x)
+        except UnusableFeatures as e:
+            print(f"cache_features: not using the feature files: {e}")
+        else:
+            print(f"cache_features: {cut} from {list(map(str, features))}")
+            return tuple(out)
+    t0 = time.perf_counter()
+    out = [compute_features(model, store["images"], [cut])[cut] for store in stores]
+    n = sum(len(x) for x in out)
+    print(f"cache_features: {cut} of {n} images computed in {time.perf_counter() - t0:.1f} s")
     return tuple(out)
 
 
@@ -942,9 +889,11 @@ def train_stage(
         every step. Same function, same dropout streams; equal to full-model training within
         float rounding (tests/test_feature_cache.py). Ignored (with a note) when real-time
         augmentation is on (every epoch sees new images) or nothing is frozen.
-    features : None, or ``(train, val)`` paths of feature caches (:func:`save_features`,
-        ``scripts/features.py``) holding the stage's cut layer; their frozen-weights digest
-        and store must match. None: computed here, in memory, from the starting model.
+    features : None, or ``(train, val)`` paths of feature caches
+        (:func:`cxr.store.save_features`, the features rule) holding the stage's cut layer;
+        their store must match, and their frozen-weights digest, else (or with None) the
+        features are computed here, in memory, from the starting model
+        (:func:`cached_inputs`).
     Other parameters: see :func:`start_model`, :func:`cxr.model.set_frozen`,
     :func:`cxr.model.make_optimizer`.
 

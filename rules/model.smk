@@ -1,4 +1,4 @@
-# Model half: store -> model_01 -> model_02 -> model_03 -> metrics -> figures.
+# Model half: store -> features -> model_01 -> model_02 -> model_03 -> metrics -> figures.
 # Rules only shell out to scripts/ (no TensorFlow at parse time); every parameter comes from
 # config (section train, evaluate, report) and reaches the script as an option of the same name.
 
@@ -25,6 +25,46 @@ MODEL_OUTPUTS = [
     *expand("reports/figures/{evaluation}_report.png", evaluation=EVALUATIONS),
     "reports/figures/model_03_test_samples.png",
 ]
+
+
+# The frozen part of VGG19 (ImageNet weights), run once per train and validation image, for
+# all three stages: block5_pool (stage 1), block4_pool (stage 2), block3_pool (stage 3). Used
+# with real-time augmentation off and train.cache_features on; otherwise the script writes
+# a small file saying the cache is off (no TensorFlow), so the DAG is the same in every
+# configuration and in DVC. float32: about 1.3 MB per image at 224 px (2.6 GB, full mirror).
+rule features:
+    input:
+        train="{run}data/store/train.npz",
+        val="{run}data/store/val.npz",
+        pretrained=rules.acquire_weights.output[0],
+    output:
+        train="{run}data/features/train.npz",
+        val="{run}data/features/val.npz",
+    log:
+        "{run}logs/features.log",
+    benchmark:
+        "{run}benchmarks/features.tsv"
+    conda:
+        "../envs/cxr.yaml"
+    threads: 8
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        cache_features=TRAIN["cache_features"],
+        realtime_augmentation=TRAIN["realtime_augmentation"],
+        batch_size=TRAIN["batch_size"],
+    message:
+        with_resources(
+            "Computing the frozen VGG19 features once (cache_features {params.cache_features},"
+            " real-time augmentation {params.realtime_augmentation})"
+        )
+    shell:
+        "python scripts/features.py --stores {input.train:q} {input.val:q}"
+        " --pretrained {input.pretrained:q} --out {output.train:q} {output.val:q}"
+        " --cache_features {params.cache_features}"
+        " --realtime_augmentation {params.realtime_augmentation}"
+        " --batch_size {params.batch_size} --threads {threads} > {log:q} 2>&1"
 
 
 # Training, one rule per stage (train_model_01, train_model_02, train_model_03), made in one
@@ -55,6 +95,7 @@ for stage, previous in zip(STAGES, [None, *STAGES]):
         input:
             train="{run}data/store/train.npz",
             val="{run}data/store/val.npz",
+            features=rules.features.output,
             start=(
                 rules.acquire_weights.output[0]
                 if previous is None
@@ -104,7 +145,7 @@ for stage, previous in zip(STAGES, [None, *STAGES]):
             " --model {output.model:q} --history {output.history:q}"
             " --threads {threads} --seed {params.seed} --batch_size {params.batch_size}"
             " --realtime_augmentation {params.realtime_augmentation}"
-            " --cache_features {params.cache_features}"
+            " --cache_features {params.cache_features} --features {input.features:q}"
             " --dense_units {params.dense_units} --dropout {params.dropout}"
             " --early_stopping_monitor {params.early_stopping_monitor:q}"
             " --patience {params.patience}"

@@ -21,14 +21,7 @@ import argparse
 import os
 import sys
 
-
-def boolean(text: str) -> bool:
-    """'true'/'false' (any case, as Snakemake formats Python bools) -> bool."""
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+from cxr.cli import boolean
 
 
 def optional_int(text: str) -> int | None:
@@ -105,7 +98,8 @@ p.add_argument(
     nargs=2,
     default=None,
     metavar=("TRAIN", "VAL"),
-    help="feature caches of scripts/features.py for --cache_features; default: computed here",
+    help="feature caches of the features rule (scripts/features.py) for --cache_features;"
+    " default, or when they do not fit this stage: computed here",
 )
 a = p.parse_args()
 # One line at a time into the log, so a killed job's log shows how far it got.

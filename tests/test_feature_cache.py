@@ -26,14 +26,16 @@ from cxr.model import (  # noqa: E402
     load_model,
     trainable_tail,
 )
-from cxr.store import load_store, save_store  # noqa: E402
-from cxr.train import (  # noqa: E402
-    compute_features,
+from cxr.store import (  # noqa: E402
+    UnusableFeatures,
+    features_meta,
     file_digest,
     load_features,
+    load_store,
     save_features,
-    train_stage,
+    save_store,
 )
+from cxr.train import compute_features, train_stage  # noqa: E402
 
 from .conftest import REPO  # noqa: E402
 
@@ -175,25 +177,40 @@ def test_feature_files_give_the_in_memory_result_and_are_checked(stores, tmp_pat
     for x, y in zip(a[0].get_weights(), b[0].get_weights(), strict=True):
         np.testing.assert_array_equal(x, y)
     assert [r["loss"] for r in a[1]] == [r["loss"] for r in b[1]]
-    with pytest.raises(ValueError, match="other frozen weights"):
+    with pytest.raises(UnusableFeatures, match="other frozen weights"):
         load_features(paths[0], "block5_pool", digests["block4_pool"])
-    with pytest.raises(ValueError, match="another store"):
+    with pytest.raises(ValueError, match="another store") as wrong_store:
         load_features(paths[0], "block5_pool", digests["block5_pool"], "0" * 64)
-    with pytest.raises(ValueError, match="no block2_pool"):
+    assert not isinstance(wrong_store.value, UnusableFeatures)  # an error, not a fallback
+    with pytest.raises(UnusableFeatures, match="no block2_pool"):
         load_features(paths[0], "block2_pool", digests["block5_pool"])
-    # stage 3 from a model whose block 4 was trained: the block3_pool features still fit
-    # (blocks 1-3 unchanged), a stage starting from other block-1-3 weights is refused
+    # stage 3 from a model whose blocks 1-3 differ from the cache's: the files do not fit, so
+    # the stage computes its block3_pool features itself: the same run as without the files
     keras.utils.set_random_seed(99)
     build_model(32, **HEAD).save(tmp_path / "other.keras")
-    with pytest.raises(ValueError, match="other frozen weights"):
-        run(
-            stores,
-            tmp_path / "x",
-            "model_03",
-            init=tmp_path / "other.keras",
-            cache_features=True,
-            features=paths,
-        )
+    other = dict(init=tmp_path / "other.keras", cache_features=True)
+    c = run(stores, tmp_path / "x", "model_03", features=paths, **other)
+    d = run(stores, tmp_path / "y", "model_03", **other)
+    for x, y in zip(c[0].get_weights(), d[0].get_weights(), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert [r["loss"] for r in c[1]] == [r["loss"] for r in d[1]]
+
+
+def test_feature_files_written_with_the_cache_off_are_not_used(stores, tmp_path):
+    """An 'off' file (real-time augmentation on) holds no arrays and says why; a stage given
+    it anyway trains as without files."""
+    paths = [tmp_path / "train.npz", tmp_path / "val.npz"]
+    for path in paths:
+        save_features(path, {}, [], {}, None, off="train.cache_features is false")
+        assert features_meta(path)["off"] == "train.cache_features is false"
+        with np.load(path, allow_pickle=False) as f:
+            assert sorted(f.files) == ["labels", "meta"] and f["labels"].shape == (0,)
+        with pytest.raises(UnusableFeatures, match="no features .train.cache_features is false"):
+            load_features(path, "block5_pool", "x")
+    a = run(stores, tmp_path / "memory", "model_01", cache_features=True)
+    b = run(stores, tmp_path / "file", "model_01", cache_features=True, features=paths)
+    for x, y in zip(a[0].get_weights(), b[0].get_weights(), strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_script_options(stores, tmp_path):

@@ -339,7 +339,7 @@ def test_snakemake_rerun_resumes_a_killed_training_job(tmp_path):
         "-m",
         "snakemake",
         "models/model_01.keras",
-        *("--allowed-rules", "acquire_weights", "train_model_01"),
+        *("--allowed-rules", "acquire_weights", "features", "train_model_01"),
         *("--cores", "2", "--configfile", "resume.yaml"),
         *("--config", f"mirror={MIRROR}", f"pretrained_weights={WEIGHTS}"),
     ]

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from cxr.store import load_store
+from cxr.store import features_meta, load_store
 
-from .conftest import REPO, copy_checkout, snakemake
+from .conftest import REPO, WEIGHTS, copy_checkout, snakemake
 
 STAGES = ["model_01", "model_02", "model_03"]
 EVALUATIONS = [("model_01", "val"), ("model_02", "val"), ("model_03", "val"), ("model_03", "test")]
@@ -57,7 +57,12 @@ def test_every_config_key_reaches_its_script():
 def test_dry_run_schedules_the_model_jobs(tmp_path):
     out = snakemake(copy_checkout(tmp_path), "-n", "--quiet", "rules").stdout
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
-    expected = {"train_model_01": "1", "train_model_02": "1", "train_model_03": "1"}
+    expected = {
+        "features": "1",
+        "train_model_01": "1",
+        "train_model_02": "1",
+        "train_model_03": "1",
+    }
     assert {k: counts.get(k) for k in expected} == expected
     assert counts.get("evaluate") == "4" and counts.get("report") == "1"
 
@@ -74,7 +79,12 @@ def test_models_and_histories(smoke_run):
         assert 0 <= history["accuracy"].iloc[0] <= 1
         log = (smoke_run / "logs" / f"train_{stage}.log").read_text()
         assert "val_loss" in log and "Epoch 1" in log  # Keras' per-epoch progress lines
+        # real-time augmentation on (config.yaml): the feature cache is off, and says why
+        assert "cache_features: off (real-time augmentation on" in log, stage
     assert not list((smoke_run / "models").glob("*.tmp*"))
+    for split in ("train", "val"):
+        meta = features_meta(smoke_run / "data/features" / f"{split}.npz")
+        assert meta["layers"] == {} and "realtime_augmentation is true" in meta["off"]
     lr = pd.read_csv(smoke_run / "reports/history/model_03.csv")["learning_rate"].iloc[0]
     assert 9.99e-5 < lr < 1e-4  # SGD 1e-4 with 1e-6 inverse time decay, a few steps in
 
@@ -122,3 +132,44 @@ def test_figures_are_real_pngs(smoke_run):
 @pytest.mark.e2e
 def test_second_dry_run_has_nothing_to_do(smoke_run):
     assert "Nothing to be done" in snakemake(smoke_run, "-n").stdout
+
+
+@pytest.mark.e2e
+def test_feature_cache_run(tmp_path):
+    """Real-time augmentation off: the features rule runs the ImageNet base once per image and
+    every stage trains on the file's cut layer. The features are checked against Keras' own
+    VGG19 (keras.applications, the same weights file), not against cxr's model code."""
+    workdir = copy_checkout(tmp_path)
+    (workdir / "noaug.yaml").write_text("train:\n  realtime_augmentation: false\n")
+    out = snakemake(
+        workdir,
+        "models/model_03.keras",
+        "--configfile",
+        "tests/config/smoke.yaml",
+        "noaug.yaml",
+        smoke=False,
+    ).stdout
+    assert re.search(r"^features\s+1$", out, flags=re.M), out
+    keras = pytest.importorskip("keras")
+    shapes = {"block3_pool": (8, 8, 256), "block4_pool": (4, 4, 512), "block5_pool": (2, 2, 512)}
+    vgg = keras.applications.VGG19(weights=str(WEIGHTS), include_top=False, input_shape=(64, 64, 3))
+    reference = keras.Model(vgg.input, [vgg.get_layer(name).output for name in shapes])
+    for split in ("train", "val"):
+        store = load_store(workdir / "data/store" / f"{split}.npz")
+        path = workdir / "data/features" / f"{split}.npz"
+        assert features_meta(path)["off"] is None
+        expected = reference.predict(
+            keras.applications.vgg19.preprocess_input(store["images"].astype("float32")),
+            verbose=0,
+        )
+        with np.load(path, allow_pickle=False) as f:
+            np.testing.assert_array_equal(f["labels"], store["labels"])
+            for (name, shape), want in zip(shapes.items(), expected, strict=True):
+                assert f[name].shape == (len(store["labels"]), *shape), name
+                np.testing.assert_allclose(f[name], want, rtol=1e-4, atol=1e-3, err_msg=name)
+    for stage, cut in zip(STAGES, ["block5_pool", "block4_pool", "block3_pool"], strict=True):
+        log = (workdir / "logs" / f"train_{stage}.log").read_text()
+        assert f"cache_features: {cut} from ['data/features/train.npz'" in log, stage
+        assert "computed in" not in log, stage  # nothing recomputed in the training job
+        history = pd.read_csv(workdir / "reports/history" / f"{stage}.csv")
+        assert history["epoch"].tolist() == [1] and np.isfinite(history["val_loss"]).all()
