@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test lint format clean
+.PHONY: install install-slurm run test lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 install: $(BIN)/.installed
+
+# The SLURM executor plugin (profiles/slurm), an optional extra; `make test` needs it.
+$(BIN)/.installed-slurm: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[dev,slurm]'
+	touch $@
+
+install-slurm: $(BIN)/.installed-slurm
 
 # Extra snakemake arguments, e.g. SMK_ARGS="--configfile tests/config/smoke.yaml".
 SMK_ARGS ?=
@@ -36,8 +43,9 @@ run: install
 lint: install
 	PATH=$(abspath $(BIN)):$$PATH sh -c 'ruff check . && ruff format --check . && snakefmt --check Snakefile rules && snakemake --lint'
 
-# Lint, then every test (unit and end-to-end on the real mirror in $(SHARED)).
-test: lint
+# Lint, then every test (unit and end-to-end on the real mirror in $(SHARED); the SLURM test
+# submits through the plugin, hence install-slurm).
+test: lint install-slurm
 	PATH=$(abspath $(BIN)):$$PATH CXR_SHARED=$(SHARED) python -m pytest -ra
 
 format: install

@@ -5,11 +5,12 @@ slurmctld, slurmd, ``/etc/slurm/slurm.conf``, accounting off). The ``slurm_clust
 starts the daemons that are not running yet and stops those it started, by pid. When they
 cannot start here (not installed, not root, no config), the SLURM tests are skipped with the
 reason; with ``CXR_REQUIRE_SLURM=1`` (CI) that is a failure instead. The dry-run tests need no
-SLURM at all.
+SLURM at all, only the executor plugin (the ``slurm`` extra; ``make test`` installs it).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -104,6 +105,12 @@ def _unavailable(reason: str):
     pytest.skip(f"no SLURM cluster: {reason}")
 
 
+def _require_plugin() -> None:
+    """profiles/slurm needs the executor plugin, an optional extra of the project."""
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        _unavailable("snakemake-executor-plugin-slurm not installed: pip install -e '.[slurm]'")
+
+
 def _tail(path: Path, n: int = 2000) -> str:
     try:
         return path.read_text(errors="replace")[-n:]
@@ -132,6 +139,7 @@ def slurm_cluster():
 
     Yields a dict with the default ``partition``. Skips, with the reason, when SLURM cannot run.
     """
+    _require_plugin()
     missing = [d for d in DAEMONS if shutil.which(d) is None]
     if missing:
         _unavailable(f"{', '.join(missing)} not installed (run .ci/slurm/setup.sh as root)")
@@ -231,6 +239,7 @@ def test_slurm_profile_not_overridden_by_default_profile():
 
 def test_dry_run_without_slurm_lists_jobs_with_resources(tmp_path):
     """`snakemake --profile profiles/slurm -n` with no SLURM command on PATH at all."""
+    _require_plugin()
     work = copy_checkout(tmp_path / "work")
     bare = tmp_path / "bin"  # python, a shell and `which`: nothing of SLURM
     bare.mkdir()
