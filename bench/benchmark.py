@@ -16,8 +16,10 @@ threads; nothing else should run on the machine.
 Sides and variants (``aug`` = real-time augmentation with ``cxr.augment.build_recipe``):
 
 - ``baseline``: the seed's way. A Python generator opens and decodes every image from its
-  original file with PIL and resizes it at every epoch (and augments the batch, with aug on),
-  in the training thread; Keras ``fit`` on that generator; the whole network runs every step.
+  original file with PIL and resizes it at every epoch (and augments the batch, with aug on);
+  Keras ``fit`` on that generator (Keras 3 wraps it in ``tf.data.Dataset.from_generator``
+  with ``prefetch(AUTOTUNE)``, so it runs in a tf.data thread ahead of the step); the whole
+  network runs every step.
 - ``ours``: this pipeline. Images decoded and resized once (the ``preprocess`` store: a
   one-time cost), batches from memory by ``cxr.train.AugmentedBatches`` (a Keras
   ``PyDataset``: ``--threads`` worker threads build and, with aug on, augment the next batches
@@ -41,6 +43,14 @@ batch norm, dropout, softmax not counted); forward = 2 FLOP per MAC of every lay
 backward = 2 x the forward FLOPs of the trainable layers (gradients for inputs and weights).
 Achieved GFLOP/s = that x images/s, against a float32 ``tf.linalg.matmul`` of two
 ``--matmul`` square matrices (best of 5), measured in the same run.
+
+Roofline: a step can also be bound by memory traffic rather than FLOPs. Bytes per training
+step are counted for the weights only (activations not counted): the frozen layers' weights
+read once (forward), the trainable ones 8 times (forward read, backward read and gradient
+write, optimiser reads gradient, slot and weight and writes slot and weight; RMSprop and SGD
+with momentum both keep one slot). Memory bandwidth: a float32 ``x + y`` of two
+``--stream_mb`` MB tensors (3 x that many bytes moved, best of 5), in the same run. The bound
+(images/s) is min(peak / FLOPs, bandwidth / bytes) per image; "of bound" = images/s / bound.
 
 Projection of the full protocol (``--protocol_epochs``, default 10/15/25, on
 ``--protocol_images`` training images, default 1841: the full mirror's train store):
@@ -79,6 +89,7 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=3, help="per variant; the first is warm-up")
     p.add_argument("--threads", type=int, default=2, help="TF threads and batch workers")
     p.add_argument("--matmul", type=int, default=4096, help="side of the peak matmul")
+    p.add_argument("--stream_mb", type=int, default=256, help="tensor size of the bandwidth x+y")
     p.add_argument("--mirror", default=str(REPO.parent / "shared" / "data"))
     p.add_argument(
         "--weights",
@@ -138,6 +149,33 @@ def matmul_peak(n: int, repeats: int = 5) -> float:
         f().numpy()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
+
+
+def stream_bandwidth(megabytes: int, repeats: int = 5) -> float:
+    """Best GB/s of a float32 ``x + y`` on two tensors of ``megabytes`` MB each in a
+    tf.function (reads both, writes the sum: 3 x the bytes), with TensorFlow's threads."""
+    import tensorflow as tf
+
+    n = megabytes * 2**20 // 4
+    x = tf.random.normal((n,), dtype=tf.float32, seed=1)
+    y = tf.random.normal((n,), dtype=tf.float32, seed=2)
+    f = tf.function(lambda: tf.add(x, y))
+    f()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        z = f()
+        z.numpy()[:1]  # wait for it
+        best = min(best, time.perf_counter() - t0)
+    return 3 * n * 4 / best / 1e9
+
+
+def weight_bytes_per_step(model) -> float:
+    """Bytes of weight traffic in one training step of ``model`` (see the module docstring):
+    4 bytes x (frozen weights + 8 x trainable weights), whatever the batch size."""
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    frozen = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
+    return 4.0 * (frozen + 8 * trainable)
 
 
 def layer_macs(model) -> list[tuple[str, int, bool]]:
@@ -244,6 +282,8 @@ def main(argv=None) -> dict:
     print(f"{res['machine']}\n{n} images/epoch ({steps} steps of {a.batch_size}), {a.size} px")
     res["matmul_gflops"] = matmul_peak(a.matmul)
     print(f"float32 matmul {a.matmul}^2: {res['matmul_gflops']:.0f} GFLOP/s (peak reference)")
+    res["stream_gbps"] = stream_bandwidth(a.stream_mb)
+    print(f"float32 x + y of {a.stream_mb} MB: {res['stream_gbps']:.1f} GB/s (memory bandwidth)")
 
     # ours, one-time: decode + resize every image once (the preprocess store)
     t0 = time.perf_counter()
@@ -251,7 +291,7 @@ def main(argv=None) -> dict:
     res["decode_s_per_image"] = (time.perf_counter() - t0) / len(paths)
 
     def baseline_batches(augment: bool):
-        """The seed's generator: decode from the files every epoch, in the training thread."""
+        """The seed's generator: decode from the files every epoch (Keras prefetches it)."""
         epoch = 0
         while True:
             order = np.random.default_rng((1, epoch)).permutation(len(paths))
@@ -300,6 +340,8 @@ def main(argv=None) -> dict:
         cut = cut_layer(model, cfg["frozen_layers"])
         tail = trainable_tail(model, cfg["frozen_layers"])
         flops_full, flops_tail = train_flops(model), train_flops(tail)
+        bytes_full = weight_bytes_per_step(model) / a.batch_size  # per image
+        bytes_tail = weight_bytes_per_step(tail) / a.batch_size
 
         def opt(cfg=cfg):
             return make_optimizer(
@@ -313,19 +355,19 @@ def main(argv=None) -> dict:
         for aug in (False, True):
             compile_model(model, opt())
             s = timed_fit(model, baseline_batches(aug), a.epochs, steps)
-            runs[("baseline", aug)] = {**summarise(s, n), "gflop_per_image": flops_full / 1e9}
+            runs[("baseline", aug)] = {**summarise(s, n), **cost(flops_full, bytes_full)}
             compile_model(model, opt())
             data = AugmentedBatches(store[:n], labels[:n], a.batch_size, 1, aug, workers=a.threads)
             s = timed_fit(model, data, a.epochs)
             key = ("ours", True) if aug else ("store", False)
-            runs[key] = {**summarise(s, n), "gflop_per_image": flops_full / 1e9}
+            runs[key] = {**summarise(s, n), **cost(flops_full, bytes_full)}
         # aug off, ours: the trainable tail on the cached cut-layer features
         compile_model(tail, opt())
         data = AugmentedBatches(
             features[cut][:n], labels[:n], a.batch_size, 1, False, workers=a.threads
         )
         s = timed_fit(tail, data, a.epochs)
-        runs[("ours", False)] = {**summarise(s, n), "gflop_per_image": flops_tail / 1e9}
+        runs[("ours", False)] = {**summarise(s, n), **cost(flops_tail, bytes_tail)}
         # aug on, memory: the same step on batches augmented beforehand, one array per epoch
         compile_model(model, opt())
         timer = EpochTimer()
@@ -346,13 +388,15 @@ def main(argv=None) -> dict:
                 return pre_augmented[e][sl], targets[sl]
 
         model.fit(Memory(timer), epochs=a.epochs, shuffle=False, verbose=0, callbacks=[timer])
-        runs[("memory", True)] = {
-            **summarise(timer.seconds, n),
-            "gflop_per_image": flops_full / 1e9,
-        }
+        runs[("memory", True)] = {**summarise(timer.seconds, n), **cost(flops_full, bytes_full)}
         for r in runs.values():
             r["gflops"] = r["gflop_per_image"] * r["images_per_s"]
             r["of_peak"] = r["gflops"] / res["matmul_gflops"]
+            r["bound_images_per_s"] = min(
+                res["matmul_gflops"] / r["gflop_per_image"],
+                res["stream_gbps"] / r["mb_per_image"] * 1e3,
+            )
+            r["of_bound"] = r["images_per_s"] / r["bound_images_per_s"]
         res["stages"][stage] = {
             "cut": cut,
             "runs": {f"{side}/{'aug' if aug else 'noaug'}": r for (side, aug), r in runs.items()},
@@ -367,11 +411,17 @@ def main(argv=None) -> dict:
     return res
 
 
+def cost(flops: float, weight_bytes: float) -> dict:
+    """Per-image work of a variant: nominal GFLOP and MB of weight traffic."""
+    return {"gflop_per_image": flops / 1e9, "mb_per_image": weight_bytes / 1e6}
+
+
 def print_stage(stage, cut, runs, a):
     print(f"\n{stage} (cut at {cut}), {a.size} px, batch {a.batch_size}")
     head = (
         f"{'aug':<4} {'side':<9} {'img/s':>7} {'s/epoch*':>9} {'warm-up s':>9}"
-        f" {'GFLOP/img':>9} {'GFLOP/s':>8} {'of peak':>7} {'vs base':>7}"
+        f" {'GFLOP/img':>9} {'GFLOP/s':>8} {'of peak':>7} {'MB/img':>7} {'of bound':>8}"
+        f" {'vs base':>7}"
     )
     print(head)
     for aug in (False, True):
@@ -384,7 +434,7 @@ def print_stage(stage, cut, runs, a):
                 f"{'on' if aug else 'off':<4} {side:<9} {r['images_per_s']:7.2f}"
                 f" {a.protocol_images / r['images_per_s']:9.1f} {r['warmup_s']:9.2f}"
                 f" {r['gflop_per_image']:9.3f} {r['gflops']:8.1f} {r['of_peak']:7.0%}"
-                f" {r['images_per_s'] / base:6.2f}x"
+                f" {r['mb_per_image']:7.2f} {r['of_bound']:8.0%} {r['images_per_s'] / base:6.2f}x"
             )
     if ("memory", True) in runs:
         ours, mem = runs[("ours", True)]["images_per_s"], runs[("memory", True)]["images_per_s"]
