@@ -32,8 +32,10 @@ install-slurm: $(BIN)/.installed-slurm
 
 # Extra snakemake arguments, e.g. SMK_ARGS="--configfile tests/config/smoke.yaml".
 SMK_ARGS ?=
-RUN_CONFIG := $(strip $(if $(MIRROR),mirror=$(abspath $(MIRROR))) \
-	$(if $(WEIGHTS),pretrained_weights=$(abspath $(WEIGHTS))))
+# Passed as given (relative to the checkout), so that `make run` and the README's by-hand
+# snakemake command give the rules the same params and one does not rerun the other's jobs.
+RUN_CONFIG := $(strip $(if $(MIRROR),mirror=$(MIRROR)) \
+	$(if $(WEIGHTS),pretrained_weights=$(WEIGHTS)))
 
 # The main job: raw X-rays to report figures.
 run: install

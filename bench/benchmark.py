@@ -83,27 +83,51 @@ STAGES = {  # config.yaml train.model_0N (seed protocol); learning rates matter 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--full", action="store_true", help="full size: 224 px, 64 images, batch 32")
-    p.add_argument("--images", type=int, help="images (half COVID, half viral); default 32")
+    p.add_argument("--images", type=int, help="half COVID, half viral; default 32 (--full: 64)")
     p.add_argument("--size", type=int, help="image side in px; default 64 (--full: 224)")
     p.add_argument("--batch_size", type=int, help="default 8 (--full: 32, the seed's)")
-    p.add_argument("--epochs", type=int, default=3, help="per variant; the first is warm-up")
-    p.add_argument("--threads", type=int, default=2, help="TF threads and batch workers")
-    p.add_argument("--matmul", type=int, default=4096, help="side of the peak matmul")
-    p.add_argument("--stream_mb", type=int, default=256, help="tensor size of the bandwidth x+y")
-    p.add_argument("--mirror", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument(
+        "--epochs", type=int, default=3, help="per variant; the first is warm-up (default 3)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=2, help="TF threads and batch workers (default 2)"
+    )
+    p.add_argument(
+        "--matmul", type=int, default=4096, help="side of the peak matmul (default 4096)"
+    )
+    p.add_argument(
+        "--stream_mb", type=int, default=256, help="tensor size of the bandwidth x+y (default 256)"
+    )
+    p.add_argument(
+        "--mirror",
+        default=str(REPO.parent / "shared" / "data"),
+        help="read-only data mirror (default ../shared/data beside the checkout)",
+    )
     p.add_argument(
         "--weights",
         default=str(
             REPO.parent / "shared" / "weights" / "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
         ),
-        help="VGG19 notop .h5 (random weights if missing: same speed)",
+        help="VGG19 notop .h5 (default in ../shared/weights/; random weights if missing:"
+        " same speed, and it says so)",
     )
-    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
-    p.add_argument("--protocol_epochs", type=int, nargs=3, default=[10, 15, 25])
-    p.add_argument("--protocol_images", type=int, default=1841, help="training images")
-    p.add_argument("--protocol_val_images", type=int, default=178, help="validation images")
     p.add_argument(
-        "--protocol_store_images", type=int, default=2079, help="images decoded (all splits)"
+        "--stages", nargs="+", default=list(STAGES), choices=list(STAGES), help="default: all"
+    )
+    p.add_argument(
+        "--protocol_epochs", type=int, nargs=3, default=[10, 15, 25], help="default 10 15 25"
+    )
+    p.add_argument(
+        "--protocol_images", type=int, default=1841, help="training images (default 1841)"
+    )
+    p.add_argument(
+        "--protocol_val_images", type=int, default=178, help="validation images (default 178)"
+    )
+    p.add_argument(
+        "--protocol_store_images",
+        type=int,
+        default=2079,
+        help="images decoded, all splits (default 2079)",
     )
     p.add_argument("--json", help="write the results here too")
     a = p.parse_args(argv)
@@ -263,6 +287,8 @@ def main(argv=None) -> dict:
     from cxr.train import AugmentedBatches, batch_seed, compute_features, one_hot
 
     weights = a.weights if Path(a.weights).is_file() else None
+    if weights is None:
+        print(f"no weights file at {a.weights}: random VGG19 weights (the same speed)")
     paths, labels = real_images(Path(a.mirror), a.images)
     steps = a.images // a.batch_size
     n = steps * a.batch_size  # images per epoch (full batches only)

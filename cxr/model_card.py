@@ -199,8 +199,8 @@ def render(
     )
     add(
         _table(["split", "covid", "non_covid", "total"], split_counts(splits))
-        + f"\n\nTraining COVID images were grown to {n_augmented} augmented images (imgaug "
-        "recipe), all from training patients.\n"
+        + f"\n\n{n_augmented} augmented COVID images (imgaug recipe) were added to the training "
+        "split, all made from training patients' images.\n"
     )
 
     add(f"## Metrics (model_03 on the test split, {level} intervals)\n")

@@ -980,7 +980,10 @@ def train_stage(
                 size, pretrained=pretrained, init=init, dense_units=dense_units, dropout=dropout
             )
             trainable = set_frozen(model, frozen_layers)
-            print(f"frozen: base.layers[:{frozen_layers}]; trainable: {trainable or 'none'}")
+            print(
+                f"frozen: base.layers[:{frozen_layers}]; trainable base layers:"
+                f" {trainable or 'none'} (the head always trains)"
+            )
             opt = make_optimizer(optimizer, learning_rate, decay, momentum, nesterov)
             fit_model, x_train, x_val = model, train["images"], val["images"]
             if use_cache:

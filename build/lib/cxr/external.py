@@ -1,0 +1,211 @@
+"""Tests outside the split: a labelled folder from another source, and ieee8023's adult viral
+pneumonia images.
+
+- :func:`read_labelled_table`: any folder of labelled images, described by a CSV like the
+  manifest: columns ``path`` and ``label`` (``covid`` / ``non_covid``), optionally
+  ``patient_id`` (without it each image counts as its own patient, which makes the AUC
+  interval too narrow if patients have several images). Relative paths are taken from
+  ``images`` (default: the CSV's folder).
+- :func:`ieee8023_viral_table`: the ieee8023 X-rays that the manifest excluded as "other
+  finding" whose finding names a non-COVID viral pneumonia (config
+  ``external.ieee8023_viral_findings``: SARS, MERS, influenza, varicella...) in a frontal view.
+  They are adults from the same papers and hospitals as the COVID images, so, unlike the
+  Kermany children, they do not differ from them by age or source: a model that reads disease
+  should call them non_covid, a model that tells adults from children calls them covid.
+
+Scoring and metrics: :func:`score_table` (through :func:`cxr.predict.load_for_model`, so bad
+files are listed, not fatal) and :func:`cxr.metrics.evaluation_summary`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxr import CLASSES, LABEL_INDEX
+from cxr.metrics import clustered_bootstrap_auc, evaluation_summary, proportion_intervals
+
+TABLE_COLUMNS = ("path", "label", "patient_id")
+ERROR_COLUMNS = ("path", "reason", "detail")
+
+
+class TableError(ValueError):
+    """A labelled-images CSV that cannot be used; the message names the file, row and column."""
+
+
+def read_labelled_table(csv_path, images=None) -> pd.DataFrame:
+    """Read an external test table: ``path, label[, patient_id]``.
+
+    Parameters
+    ----------
+    csv_path : the CSV file.
+    images : folder that relative ``path`` values are relative to; None: the CSV's folder.
+
+    Returns
+    -------
+    DataFrame ``path`` (str, resolved), ``label`` (class name), ``patient_id`` (str; the path
+    when the CSV has none or leaves it empty).
+
+    Raises
+    ------
+    TableError
+        Missing ``path`` / ``label`` column, no rows, or a label outside :data:`cxr.CLASSES`
+        (naming the first bad row).
+    """
+    csv_path = Path(csv_path)
+    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    missing = [c for c in ("path", "label") if c not in frame.columns]
+    if missing:
+        raise TableError(f"{csv_path}: missing column(s) {missing}; need path, label")
+    if frame.empty:
+        raise TableError(f"{csv_path}: no rows")
+    bad = ~frame["label"].isin(CLASSES)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise TableError(
+            f"{csv_path}: row {row + 2}: label {frame['label'].iloc[row]!r} is not one of "
+            f"{list(CLASSES)}"
+        )
+    root = Path(images) if images else csv_path.parent
+    paths = [str(p if Path(p).is_absolute() else root / p) for p in frame["path"]]
+    pid = frame["patient_id"] if "patient_id" in frame.columns else pd.Series([""] * len(frame))
+    pid = [q if q else p for q, p in zip(pid, paths, strict=True)]
+    return pd.DataFrame({"path": paths, "label": frame["label"], "patient_id": pid})
+
+
+def ieee8023_viral_table(
+    excluded: pd.DataFrame, metadata: pd.DataFrame, covid_dir, findings, views
+) -> pd.DataFrame:
+    """The ieee8023 adult non-COVID viral pneumonia X-rays, as a labelled table.
+
+    Parameters
+    ----------
+    excluded : the manifest's ``excluded.csv`` (``path``, ``patient_id``, ``reason``,
+        ``detail``).
+    metadata : the raw ``metadata.csv`` (``filename``, ``view``, ``finding``, ``age``, ...).
+    covid_dir : the raw covid-chestxray-dataset folder the excluded paths point into.
+    findings : a row is taken when its finding contains one of these (case-insensitive).
+    views : frontal views to keep (e.g. PA, AP, AP Supine).
+
+    Returns
+    -------
+    DataFrame ``path, label (non_covid), patient_id, finding, view, age``, sorted by path,
+    one row per image file (a file listed twice once).
+    """
+    wanted = [f.lower() for f in findings]
+    other = excluded[excluded["reason"] == "other finding"]
+    other = other[other["detail"].str.lower().apply(lambda d: any(f in d for f in wanted))]
+    meta = metadata.drop_duplicates("filename").set_index("filename")
+    rows = []
+    for rec in other.to_dict("records"):
+        name = Path(rec["path"]).name
+        if name not in meta.index:
+            continue
+        m = meta.loc[name]
+        if m["view"] not in views:
+            continue
+        rows.append(
+            {
+                "path": str(Path(covid_dir) / "images" / name),
+                "label": "non_covid",
+                "patient_id": rec["patient_id"],
+                "finding": rec["detail"],
+                "view": m["view"],
+                "age": m.get("age", ""),
+            }
+        )
+    cols = ["path", "label", "patient_id", "finding", "view", "age"]
+    return (
+        pd.DataFrame(rows, columns=cols)
+        .drop_duplicates("path")
+        .sort_values("path", ignore_index=True)
+    )
+
+
+def score_table(model, table: pd.DataFrame, batch_size: int = 16):
+    """p_covid for every loadable row of a labelled table.
+
+    Returns
+    -------
+    scored : the rows that loaded, with ``predicted`` and ``p_covid`` added.
+    errors : DataFrame ``path, reason, detail`` of the rows that did not.
+    """
+    from cxr.metrics import predicted_labels
+    from cxr.predict import load_for_model, model_size, predict_p_covid
+
+    images, ok, errors = load_for_model(list(table["path"]), model_size(model))
+    failed = {e[0] for e in errors}
+    scored = table[~table["path"].astype(str).isin(failed)].reset_index(drop=True)
+    if len(scored) != len(ok):
+        raise RuntimeError("scored rows and loaded images disagree")  # cannot happen
+    p = predict_p_covid(model, images, batch_size)
+    scored["predicted"] = np.asarray(CLASSES)[predicted_labels(p)] if len(p) else []
+    scored["p_covid"] = p
+    return scored, pd.DataFrame(errors, columns=list(ERROR_COLUMNS))
+
+
+def summarise(scored: pd.DataFrame, errors: pd.DataFrame, name: str, **bootstrap) -> dict:
+    """Metrics of a scored table (:func:`cxr.metrics.evaluation_summary`), plus the failures.
+
+    ``bootstrap``: ``n_resamples``, ``seed``, ``confidence``, ``n_bins`` for
+    :func:`cxr.metrics.evaluation_summary`. With no scored image, only counts are returned.
+    """
+    out = {"name": name, "n_listed": len(scored) + len(errors), "n_failed": len(errors)}
+    out["failed_by_reason"] = {str(k): int(v) for k, v in errors["reason"].value_counts().items()}
+    if len(scored):
+        y = scored["label"].map(LABEL_INDEX).to_numpy(dtype=int)
+        out.update(
+            evaluation_summary(y, scored["p_covid"], scored["patient_id"].astype(str), **bootstrap)
+        )
+        out["p_covid_mean"] = float(scored["p_covid"].mean())
+        out["p_covid_median"] = float(scored["p_covid"].median())
+    return out
+
+
+def ieee8023_viral_summary(
+    scored: pd.DataFrame,
+    errors: pd.DataFrame,
+    test_predictions: pd.DataFrame,
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    n_bins: int = 10,
+) -> dict:
+    """The honesty check's numbers: specificity on the adult viral images, p_covid per finding,
+    and the ROC AUC of test COVID images against them (same population, patient bootstrap).
+
+    ``test_predictions``: ``reports/predictions/model_03_test.csv`` (``label``, ``p_covid``,
+    ``patient_id``); its non_covid (Kermany children) rows give the comparison specificity.
+    """
+    out = summarise(
+        scored,
+        errors,
+        "ieee8023 adult non-COVID viral pneumonia",
+        n_resamples=n_resamples,
+        seed=seed,
+        confidence=confidence,
+        n_bins=n_bins,
+    )
+    out["per_finding"] = {
+        str(f): {
+            "n": len(g),
+            "predicted_covid": int((g["predicted"] == "covid").sum()),
+            "p_covid_mean": float(g["p_covid"].mean()),
+        }
+        for f, g in scored.groupby("finding")
+    }
+    covid = test_predictions[test_predictions["label"] == "covid"]
+    children = test_predictions[test_predictions["label"] == "non_covid"]
+    y = np.r_[np.ones(len(covid)), np.zeros(len(scored))].astype(int)
+    p = np.r_[covid["p_covid"].to_numpy(float), scored["p_covid"].to_numpy(float)]
+    g = np.r_[covid["patient_id"].astype(str), scored["patient_id"].astype(str)]
+    out["auc_test_covid_vs_these"] = (
+        clustered_bootstrap_auc(y, p, g, n_resamples, seed, confidence) if len(y) else None
+    )
+    tn = int((children["p_covid"] <= 0.5).sum())
+    spec = proportion_intervals([[tn, len(children) - tn], [0, 0]], confidence)["specificity"]
+    out["test_non_covid_specificity"] = spec
+    return out

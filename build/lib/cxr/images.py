@@ -1,0 +1,315 @@
+"""The one image loader: every pipeline step reads image files through :func:`load_rgb`.
+
+It turns any image file Pillow can decode into an ``(H, W, 3) uint8`` RGB array, or raises
+:class:`ImageError` naming the file and a short reason from :data:`REASONS`. It never returns
+a silently wrong pixel: truncated files are errors (``ImageFile.LOAD_TRUNCATED_IMAGES`` is left
+``False`` and every image is decoded fully), and the size limits are checked from the header
+before any pixel is decoded.
+
+Content in another format than the extension says (the COVID-19 image collection has PNG files
+named ``.jpg``) is not an error: Pillow decodes by content. :func:`sniff_format` and
+:func:`format_mismatch` let a caller report such files.
+
+Conversions to RGB (``to_rgb``), by Pillow mode:
+
+- ``1``: 0 / 255. ``L``: the grey value repeated in R, G and B. ``RGB``: as is.
+  ``RGBX``: padding dropped. ``P`` (no transparency): through the palette.
+  ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``: Pillow's ``convert("RGB")``.
+- Alpha (``LA``, ``RGBA``, ``PA``, ``P`` with a transparency entry) is composited onto a
+  BLACK background: ``round(c * a / 255)``, so a fully transparent pixel becomes 0, the
+  radiograph background. Premultiplied ``La`` / ``RGBa`` already are that, so their alpha is
+  dropped.
+- ``I;16`` (and ``I;16L``, ``I;16B``, ``I;16N``): scaled by the 16-bit depth,
+  ``round(v * 255 / 65535)``, never clipped.
+- ``I`` (32-bit int) and ``F`` (32-bit float): no fixed bit depth, so min-max scaled over the
+  image's own range, ``round((v - min) * 255 / (max - min))``; a constant image gives zeros.
+  NaN or infinite ``F`` pixels are an error.
+
+Rounding is half up. EXIF orientation is applied (``ImageOps.exif_transpose``) before the
+conversion. Multi-frame files (GIF, TIFF) give their first frame. 16-bit-per-channel colour
+PNGs are reduced to 8 bits by Pillow itself.
+
+This module only reads files; it writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import imagehash
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Every :attr:`ImageError.reason`. ``"format mismatch"`` is never raised here (such files
+#: load); it is the word for callers that record :func:`format_mismatch` findings.
+REASONS = (
+    "missing",  # no such file
+    "empty file",  # zero bytes
+    "unreadable",  # not an image Pillow can identify, or not readable (directory, permissions)
+    "truncated",  # the data ends before the image does
+    "corrupt",  # identified, but the pixel data or metadata fails to decode
+    "too small",  # shorter side < min_side
+    "decompression bomb",  # more pixels than allowed, from the header
+    "unsupported mode",  # a Pillow mode with no RGB conversion here
+    "non-finite pixels",  # NaN or infinite values in a float image
+    "format mismatch",  # content format differs from the extension (reporting only)
+)
+
+
+class ImageError(ValueError):
+    """An image file that cannot be turned into trustworthy RGB pixels.
+
+    Attributes
+    ----------
+    path : str, the file.
+    reason : str, one of :data:`REASONS`.
+    detail : str, a human-readable explanation (may be empty).
+
+    ``str(err)`` is ``"<path>: <reason>: <detail>"``. The exception pickles (for process pools).
+    """
+
+    def __init__(self, path, reason: str, detail: str = ""):
+        if reason not in REASONS:
+            raise ValueError(f"unknown ImageError reason {reason!r}; expected one of {REASONS}")
+        super().__init__(str(path), reason, detail)
+        self.path = str(path)
+        self.reason = reason
+        self.detail = detail
+
+    def __str__(self) -> str:
+        head = f"{self.path}: {self.reason}"
+        return f"{head}: {self.detail}" if self.detail else head
+
+
+def _open(path) -> Image.Image:
+    """Open ``path`` lazily (header only), mapping every failure to :class:`ImageError`.
+
+    Pillow's ``DecompressionBombWarning`` (more than ``Image.MAX_IMAGE_PIXELS``) is turned into
+    an error here, as is its ``DecompressionBombError``. Note ``warnings.catch_warnings`` is
+    process-global, not thread-local.
+    """
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError as exc:
+        raise ImageError(path, "missing", "no such file") from exc
+    except OSError as exc:
+        raise ImageError(path, "unreadable", str(exc)) from exc
+    if size == 0:
+        raise ImageError(path, "empty file", "0 bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(path, "decompression bomb", str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(path, "unreadable", "not an image format Pillow can identify") from exc
+    except Exception as exc:  # plugin errors at header parse: OSError, SyntaxError, ...
+        reason = "truncated" if "truncat" in str(exc).lower() else "unreadable"
+        raise ImageError(path, reason, f"{type(exc).__name__}: {exc}") from exc
+
+
+def sniff_format(path) -> str:
+    """Return the format Pillow detects from the content, e.g. ``"PNG"``, ``"JPEG"``.
+
+    Reads the header only; the extension plays no part.
+
+    Raises
+    ------
+    ImageError if the file is missing, empty or not an identifiable image.
+    """
+    with _open(path) as im:
+        return im.format
+
+
+def _family(fmt: str) -> str:
+    return "JPEG" if fmt == "MPO" else fmt  # MPO (multi-picture JPEG) is JPEG to a reader
+
+
+def format_mismatch(path, fmt: str | None = None) -> str | None:
+    """Describe a content / extension disagreement, or return ``None`` if they agree.
+
+    Parameters
+    ----------
+    path : path-like, the image file.
+    fmt : the content format if already known (from :func:`sniff_format` or
+        :func:`image_info`); sniffed from ``path`` otherwise.
+
+    Returns
+    -------
+    ``None`` when the extension is one Pillow registers for ``fmt`` (MPO counts as JPEG),
+    else a detail such as ``"PNG content named .jpg"``. Such files still load.
+
+    Raises
+    ------
+    ImageError if ``fmt`` is not given and the file cannot be identified.
+    """
+    fmt = fmt or sniff_format(path)
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    expected = Image.registered_extensions().get(ext)
+    if expected is not None and _family(expected) == _family(fmt):
+        return None
+    return f"{fmt} content named {ext or '(no extension)'}"
+
+
+def image_info(path) -> dict:
+    """Read ``width``, ``height``, ``mode`` and ``format`` from the header, without decoding.
+
+    ``width`` and ``height`` are as stored, before EXIF orientation (which :func:`load_rgb`
+    applies, swapping them for orientations 5-8).
+
+    Returns
+    -------
+    dict with ``width`` (int), ``height`` (int), ``mode`` (str, Pillow mode), ``format``
+    (str, Pillow format name).
+
+    Raises
+    ------
+    ImageError if the file is missing, empty, not an identifiable image, or a decompression
+    bomb by Pillow's own limit.
+    """
+    with _open(path) as im:
+        return {"width": im.width, "height": im.height, "mode": im.mode, "format": im.format}
+
+
+def load_rgb(path, *, min_side: int = 1, max_pixels: int = 50_000_000) -> np.ndarray:
+    """Decode an image file to RGB pixels, or fail loudly.
+
+    Parameters
+    ----------
+    path : path-like, the image file (any format Pillow decodes, whatever its extension).
+    min_side : smallest allowed shorter side, in pixels.
+    max_pixels : largest allowed ``width * height``, checked from the header before decoding.
+        Pillow's own ``Image.MAX_IMAGE_PIXELS`` also applies, so the effective limit is the
+        smaller of the two.
+
+    Returns
+    -------
+    ``(H, W, 3) uint8`` array, C-contiguous, EXIF orientation applied, converted as the module
+    docstring describes.
+
+    Raises
+    ------
+    ImageError with ``reason`` one of ``"missing"``, ``"empty file"``, ``"unreadable"``,
+    ``"truncated"``, ``"corrupt"``, ``"too small"``, ``"decompression bomb"``,
+    ``"unsupported mode"``, ``"non-finite pixels"``.
+    ValueError if ``min_side`` or ``max_pixels`` is below 1.
+    """
+    if min_side < 1 or max_pixels < 1:
+        raise ValueError(f"min_side and max_pixels must be >= 1, got {min_side}, {max_pixels}")
+    with _open(path) as im:
+        width, height = im.size
+        if width * height > max_pixels:
+            raise ImageError(
+                path, "decompression bomb", f"{width}x{height} exceeds max_pixels={max_pixels}"
+            )
+        if min(width, height) < min_side:
+            raise ImageError(path, "too small", f"{width}x{height}, min_side={min_side}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageError(path, "decompression bomb", str(exc)) from exc
+        except Exception as exc:  # whatever the decoder raises: OSError, SyntaxError, ...
+            text = f"{type(exc).__name__}: {exc}"
+            truncated = isinstance(exc, EOFError) or "truncat" in str(exc).lower()
+            raise ImageError(path, "truncated" if truncated else "corrupt", text) from exc
+        try:
+            oriented = ImageOps.exif_transpose(im)
+        except Exception as exc:  # malformed EXIF: the orientation cannot be trusted
+            raise ImageError(path, "corrupt", f"EXIF orientation: {exc}") from exc
+        return to_rgb(oriented, path=path)
+
+
+def _round_half_up(x: np.ndarray) -> np.ndarray:
+    return np.floor(x + 0.5).astype(np.uint8)
+
+
+def _minmax(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    lo, hi = a.min(), a.max()
+    if hi == lo:
+        return np.zeros(a.shape, np.uint8)
+    return _round_half_up((a - lo) * 255.0 / (hi - lo))
+
+
+def _composite_on_black(rgba: np.ndarray) -> np.ndarray:
+    """``(H, W, 4) uint8`` -> ``(H, W, 3) uint8``, ``round(c * a / 255)`` (never a tie)."""
+    c = rgba[..., :3].astype(np.uint32)
+    a = rgba[..., 3:4].astype(np.uint32)
+    return ((c * a + 127) // 255).astype(np.uint8)
+
+
+def _palette_has_alpha(image: Image.Image) -> bool:
+    palette = getattr(image, "palette", None)
+    return "transparency" in image.info or getattr(palette, "mode", "RGB") == "RGBA"
+
+
+def to_rgb(image: Image.Image, path="<in memory>") -> np.ndarray:
+    """Convert a decoded Pillow image to ``(H, W, 3) uint8`` RGB (rules: module docstring).
+
+    Parameters
+    ----------
+    image : a loaded ``PIL.Image.Image`` of any Pillow mode.
+    path : what to name in an :class:`ImageError`.
+
+    Returns
+    -------
+    ``(H, W, 3) uint8`` C-contiguous array.
+
+    Raises
+    ------
+    ImageError with reason ``"unsupported mode"`` or ``"non-finite pixels"``.
+    """
+    mode = image.mode
+    if mode == "1":
+        grey = np.asarray(image).astype(np.uint8) * np.uint8(255)
+    elif mode == "L":
+        grey = np.asarray(image)
+    elif mode == "La":  # premultiplied: already composited onto black
+        grey = np.asarray(image)[..., 0]
+    elif mode.startswith("I;16"):
+        a = np.asarray(image).astype(np.uint32)
+        grey = ((a * 255 + 32767) // 65535).astype(np.uint8)  # round(v*255/65535), never a tie
+    elif mode == "I":
+        grey = _minmax(np.asarray(image))
+    elif mode == "F":
+        a = np.asarray(image)
+        if not np.isfinite(a).all():
+            raise ImageError(path, "non-finite pixels", f"{np.count_nonzero(~np.isfinite(a))}")
+        grey = _minmax(a)
+    elif mode == "RGB":
+        return np.ascontiguousarray(np.asarray(image), dtype=np.uint8)
+    elif mode in ("RGBX", "RGBa"):  # padding / premultiplied alpha: drop the fourth band
+        return np.ascontiguousarray(np.asarray(image)[..., :3], dtype=np.uint8)
+    elif mode in ("LA", "RGBA", "PA") or (mode == "P" and _palette_has_alpha(image)):
+        return _composite_on_black(np.asarray(image.convert("RGBA")))
+    elif mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
+        return np.ascontiguousarray(np.asarray(image.convert("RGB")), dtype=np.uint8)
+    else:
+        raise ImageError(path, "unsupported mode", f"Pillow mode {mode!r}")
+    return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2), dtype=np.uint8)
+
+
+def perceptual_hash(rgb: np.ndarray) -> str:
+    """Perceptual hash for near-duplicate reporting: ImageHash ``phash`` of the grey image.
+
+    Parameters
+    ----------
+    rgb : ``(H, W, 3) uint8`` array, as :func:`load_rgb` returns.
+
+    Returns
+    -------
+    str, 16 hex characters (64 bits). Compare two with
+    ``imagehash.hex_to_hash(a) - imagehash.hex_to_hash(b)`` (Hamming distance).
+
+    Raises
+    ------
+    ValueError if ``rgb`` is not ``(H, W, 3) uint8``.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise ValueError(f"perceptual_hash needs (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+    return str(imagehash.phash(Image.fromarray(rgb).convert("L")))

@@ -1,0 +1,563 @@
+"""Evaluation metrics of one model on one split, and its predictions table.
+
+Owned by the model half. Pure numpy / scikit-learn / pandas (no TensorFlow): computes the
+confusion matrix and classification report from labels and ``p_covid``, and writes
+``reports/metrics/*.json`` and ``reports/predictions/*.csv`` atomically (temporary name, then
+rename). Touches only the paths it is given.
+
+Conventions: classes in :data:`cxr.CLASSES` order, covid (index 1) the positive class;
+``p_covid`` is softmax column 1 and the predicted class is covid when ``p_covid > 0.5`` (the
+argmax of the two-class softmax; an exact tie goes to non_covid, as ``numpy.argmax`` would).
+
+Uncertainty (:func:`evaluation_summary`, what the evaluate rule writes): every proportion
+(sensitivity, specificity, PPV, NPV, accuracy) gets a Wilson score interval
+(:func:`wilson_interval`); ROC AUC gets a patient-clustered, class-stratified percentile
+bootstrap interval (:func:`clustered_bootstrap_auc`: patients are resampled, never images, so
+several images of one patient count as the one observation they are). Calibration of
+``p_covid``: reliability bins, expected calibration error and Brier score
+(:func:`calibration`). Curves for plotting: :func:`roc_pr_curves`.
+
+References
+----------
+- scikit-learn ``classification_report`` (``output_dict=True``) and ``confusion_matrix``:
+  https://scikit-learn.org/stable/modules/model_evaluation.html
+- Sensitivity = TP / (TP + FN) (recall of covid); specificity = TN / (TN + FP) (recall of
+  non_covid); Altman & Bland (1994), BMJ 308:1552.
+- Wilson (1927), JASA 22:209; Brown, Cai & DasGupta (2001), Statistical Science 16:101
+  (why Wilson, not the Wald interval, for small n); statsmodels ``proportion_confint``.
+- Cluster (patient-level) bootstrap: Field & Welsh (2007), JRSS B 69:369; stratified
+  bootstrap of the AUC as pROC's ``ci.auc`` (Robin et al. 2011, BMC Bioinformatics 12:77).
+- Hanley & McNeil (1982), Radiology 143:29 (standard error of the AUC, used in the tests).
+- Calibration: Guo et al. (2017), ICML, "On Calibration of Modern Neural Networks" (ECE);
+  Brier (1950), Monthly Weather Review 78:1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxr import CLASSES
+
+PREDICTION_COLUMNS = ("path", "patient_id", "label", "predicted", "p_covid")
+
+
+def predicted_labels(p_covid: np.ndarray) -> np.ndarray:
+    """Predicted class index from the probability of covid.
+
+    Parameters
+    ----------
+    p_covid : ``(N,)`` floats in [0, 1], softmax column 1.
+
+    Returns
+    -------
+    ``(N,) int`` array: 1 (covid) where ``p_covid > 0.5``, else 0 (non_covid).
+    """
+    return (np.asarray(p_covid, dtype=float) > 0.5).astype(int)
+
+
+def _ratio(num: int, den: int) -> float:
+    return float(num / den) if den else 0.0
+
+
+def compute_metrics(y_true, y_pred, p_covid=None) -> dict:
+    """Confusion matrix, per-class and averaged scores of binary predictions.
+
+    Parameters
+    ----------
+    y_true, y_pred : ``(N,)`` ints in ``{0, 1}`` (indices into :data:`cxr.CLASSES`), N >= 1.
+    p_covid : optional ``(N,)`` floats in [0, 1]; adds ``roc_auc`` (None if only one class is
+        present in ``y_true``).
+
+    Returns
+    -------
+    dict (JSON-ready, plain Python numbers)
+        ``classes``; ``n``; ``confusion_matrix`` (2x2 list, rows true, columns predicted, in
+        ``classes`` order); ``accuracy``; per class name ``{precision, recall, f1-score,
+        support, specificity}`` (specificity of class c: TN_c / (TN_c + FP_c)); ``macro avg``
+        and ``weighted avg`` ``{precision, recall, f1-score, support}``; ``sensitivity`` and
+        ``specificity`` for covid as the positive class; ``roc_auc`` when ``p_covid`` is given.
+        Undefined ratios (0/0) are 0.0, as sklearn's ``zero_division=0``.
+
+    Raises
+    ------
+    ValueError
+        If the arrays are empty, differ in length, or hold labels outside ``{0, 1}``.
+    """
+    from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
+
+    y_true = np.asarray(y_true).astype(int)
+    y_pred = np.asarray(y_pred).astype(int)
+    if y_true.ndim != 1 or y_true.shape != y_pred.shape or len(y_true) == 0:
+        raise ValueError(
+            f"y_true and y_pred must be equal-length 1-d, got {y_true.shape}, {y_pred.shape}"
+        )
+    labels = list(range(len(CLASSES)))
+    bad = set(np.unique(np.concatenate([y_true, y_pred]))) - set(labels)
+    if bad:
+        raise ValueError(f"labels outside {labels}: {sorted(bad)}")
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    report = classification_report(
+        y_true, y_pred, labels=labels, target_names=list(CLASSES), output_dict=True, zero_division=0
+    )
+    n = int(cm.sum())
+    out = {"classes": list(CLASSES), "n": n, "confusion_matrix": cm.tolist()}
+    out["accuracy"] = _ratio(int(np.trace(cm)), n)
+    for i, name in enumerate(CLASSES):
+        tp = int(cm[i, i])
+        fp = int(cm[:, i].sum()) - tp
+        fn = int(cm[i, :].sum()) - tp
+        tn = n - tp - fp - fn
+        scores = {k: float(v) for k, v in report[name].items()}
+        scores["support"] = int(scores["support"])
+        scores["specificity"] = _ratio(tn, tn + fp)
+        out[name] = scores
+    for avg in ("macro avg", "weighted avg"):
+        scores = {k: float(v) for k, v in report[avg].items()}
+        scores["support"] = int(scores["support"])
+        out[avg] = scores
+    positive = CLASSES[1]
+    out["sensitivity"] = out[positive]["recall"]
+    out["specificity"] = out[positive]["specificity"]
+    if p_covid is not None:
+        p_covid = np.asarray(p_covid, dtype=float)
+        if p_covid.shape != y_true.shape:
+            raise ValueError(f"p_covid has shape {p_covid.shape}, expected {y_true.shape}")
+        both = len(np.unique(y_true)) == 2
+        out["roc_auc"] = float(roc_auc_score(y_true, p_covid)) if both else None
+    return out
+
+
+def predictions_frame(store: dict, p_covid: np.ndarray) -> pd.DataFrame:
+    """One row per image: ``path, patient_id, label, predicted, p_covid``.
+
+    Parameters
+    ----------
+    store : a split store dict (:func:`cxr.store.load_store`), ``N`` rows.
+    p_covid : ``(N,)`` float, softmax column 1.
+
+    Returns
+    -------
+    DataFrame in store order; ``label`` and ``predicted`` are class names.
+
+    Raises
+    ------
+    ValueError
+        If ``p_covid`` does not have one value per store row, or is outside [0, 1].
+    """
+    p_covid = np.asarray(p_covid, dtype=float)
+    if p_covid.shape != store["labels"].shape:
+        raise ValueError(f"p_covid has shape {p_covid.shape}, store {store['labels'].shape}")
+    if len(p_covid) and not ((p_covid >= 0) & (p_covid <= 1)).all():
+        raise ValueError("p_covid must lie in [0, 1]")
+    names = np.asarray(CLASSES)
+    return pd.DataFrame(
+        {
+            "path": store["paths"],
+            "patient_id": store["patient_ids"],
+            "label": names[store["labels"].astype(int)],
+            "predicted": names[predicted_labels(p_covid)],
+            "p_covid": p_covid,
+        },
+        columns=list(PREDICTION_COLUMNS),
+    )
+
+
+def _atomic_write_text(path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_metrics(metrics: dict, path) -> None:
+    """Write a metrics dict as indented JSON (NaN refused), atomically.
+
+    Raises
+    ------
+    ValueError
+        If a value is NaN or infinite (not valid JSON).
+    """
+    for value in metrics.values():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{path}: non-finite metric {value}")
+    _atomic_write_text(path, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+
+
+def write_predictions(frame: pd.DataFrame, path) -> None:
+    """Write a :func:`predictions_frame` as CSV, atomically.
+
+    ``p_covid`` is written with 6 decimals; ``predicted`` was computed before rounding, so it
+    is the class the metrics counted. The folder of ``path`` is created.
+    """
+    _atomic_write_text(path, frame.to_csv(index=False, float_format="%.6f"))
+
+
+#: Proportions with a Wilson interval: name -> (numerator cells, denominator cells) of the
+#: 2x2 confusion matrix, covid the positive class.
+PROPORTIONS = {
+    "sensitivity": (("tp",), ("tp", "fn")),
+    "specificity": (("tn",), ("tn", "fp")),
+    "ppv": (("tp",), ("tp", "fp")),
+    "npv": (("tn",), ("tn", "fn")),
+    "accuracy": (("tp", "tn"), ("tp", "tn", "fp", "fn")),
+}
+
+
+def _check_confidence(confidence: float) -> float:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    return float(confidence)
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95):
+    """Wilson score interval of a binomial proportion ``successes / trials``.
+
+    Parameters
+    ----------
+    successes, trials : ints, ``0 <= successes <= trials``.
+    confidence : two-sided level in (0, 1), e.g. 0.95.
+
+    Returns
+    -------
+    ``(lower, upper)`` floats in [0, 1], or ``(None, None)`` when ``trials == 0`` (no data,
+    no interval). 30 / 30 at 0.95 gives ``(0.8865, 1.0)``.
+
+    Raises
+    ------
+    ValueError
+        If the counts are negative or ``successes > trials``, or ``confidence`` is not in (0, 1).
+    """
+    from statsmodels.stats.proportion import proportion_confint
+
+    confidence = _check_confidence(confidence)
+    successes, trials = int(successes), int(trials)
+    if trials < 0 or not 0 <= successes <= max(trials, 0):
+        raise ValueError(f"need 0 <= successes <= trials, got {successes} / {trials}")
+    if trials == 0:
+        return None, None
+    lower, upper = proportion_confint(successes, trials, alpha=1 - confidence, method="wilson")
+    # exact ends where the formula gives them up to rounding (30/30 -> upper 1.0, not 1 - 1e-16)
+    lower = 0.0 if successes == 0 else float(max(0.0, lower))
+    upper = 1.0 if successes == trials else float(min(1.0, upper))
+    return lower, upper
+
+
+def proportion_intervals(confusion, confidence: float = 0.95) -> dict:
+    """Sensitivity, specificity, PPV, NPV and accuracy with Wilson intervals.
+
+    Parameters
+    ----------
+    confusion : 2x2 counts, rows true, columns predicted, in :data:`cxr.CLASSES` order
+        (``[[TN, FP], [FN, TP]]``), as ``compute_metrics(...)["confusion_matrix"]``.
+    confidence : two-sided level in (0, 1).
+
+    Returns
+    -------
+    dict name -> ``{estimate, lower, upper, successes, trials, method}`` for each name in
+    :data:`PROPORTIONS`; ``estimate``, ``lower`` and ``upper`` are None when ``trials`` is 0.
+    """
+    cm = np.asarray(confusion, dtype=int)
+    if cm.shape != (2, 2) or (cm < 0).any():
+        raise ValueError(f"confusion must be a 2x2 matrix of counts, got {cm.tolist()}")
+    cells = dict(zip(("tn", "fp", "fn", "tp"), (int(v) for v in cm.ravel()), strict=True))
+    out = {}
+    for name, (num, den) in PROPORTIONS.items():
+        k = sum(cells[c] for c in num)
+        n = sum(cells[c] for c in den)
+        lower, upper = wilson_interval(k, n, confidence)
+        out[name] = {
+            "estimate": k / n if n else None,
+            "lower": lower,
+            "upper": upper,
+            "successes": k,
+            "trials": n,
+            "method": "wilson",
+        }
+    return out
+
+
+def _strata(y_true: np.ndarray, codes: np.ndarray, n_groups: int) -> list[np.ndarray]:
+    """Group codes split by class: groups whose images are all covid, all non_covid, mixed."""
+    pos = np.bincount(codes, weights=y_true, minlength=n_groups)
+    size = np.bincount(codes, minlength=n_groups)
+    ids = np.arange(n_groups)
+    return [s for s in (ids[pos == size], ids[pos == 0], ids[(pos > 0) & (pos < size)]) if len(s)]
+
+
+def _weighted_auc(y: np.ndarray, level: np.ndarray, weight: np.ndarray) -> float:
+    """Mann-Whitney AUC with image weights (a weight k counts the image k times).
+
+    ``level``: the rank of each image's score among the distinct scores (ties share one), so
+    ``P(score_pos > score_neg) + P(tie) / 2`` is summed per score level in O(N). Equal to
+    ``roc_auc_score(y, s, sample_weight=weight)``.
+    """
+    n_levels = int(level.max()) + 1
+    pos = np.bincount(level, weights=weight * (y == 1), minlength=n_levels)
+    neg = np.bincount(level, weights=weight * (y == 0), minlength=n_levels)
+    below = np.cumsum(neg) - neg  # negative weight strictly below each level
+    return float((pos * (below + neg / 2)).sum() / (pos.sum() * neg.sum()))
+
+
+def bootstrap_aucs(y_true, scores, groups, n_resamples: int, seed: int) -> np.ndarray:
+    """The ``(n_resamples,)`` resampled AUCs behind :func:`clustered_bootstrap_auc`.
+
+    Same resampling (patients within class strata, with replacement; images weighted by how
+    often their patient was drawn); ``y_true`` must hold both classes.
+    """
+    y = np.asarray(y_true).astype(int)
+    s = np.asarray(scores, dtype=float)
+    _, codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    n_groups = int(codes.max()) + 1
+    strata = _strata(y, codes, n_groups)
+    _, level = np.unique(s, return_inverse=True)  # rank of each image's score, ties shared
+    rng = np.random.default_rng(seed)
+    aucs = np.empty(n_resamples)
+    for r in range(n_resamples):
+        counts = np.zeros(n_groups)
+        for stratum in strata:
+            draw = rng.integers(0, len(stratum), len(stratum))
+            counts += np.bincount(stratum[draw], minlength=n_groups)
+        aucs[r] = _weighted_auc(y, level, counts[codes])
+    return aucs
+
+
+def clustered_bootstrap_auc(
+    y_true,
+    scores,
+    groups,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict:
+    """ROC AUC with a patient-clustered, class-stratified percentile bootstrap interval.
+
+    Each resample draws, with replacement, as many patients as there are from each stratum
+    (patients whose images are all covid; all non_covid; mixed, if any) and takes all the
+    images of every drawn patient, as often as the patient was drawn (as image weights). So
+    the class mix of patients is fixed, every resample has both classes, and several images of
+    one patient move together: a model is not credited with more evidence than there are
+    patients. The interval is the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2``
+    quantiles of the resampled AUCs (numpy's linear interpolation).
+
+    Parameters
+    ----------
+    y_true : ``(N,)`` ints in ``{0, 1}``, 1 = covid.
+    scores : ``(N,)`` floats, e.g. ``p_covid``.
+    groups : ``(N,)`` patient ids (any hashable); one id per image gives the ordinary
+        stratified bootstrap.
+    n_resamples : int >= 1.
+    seed : seed of ``numpy.random.default_rng``; the same inputs and seed give the same
+        interval.
+    confidence : two-sided level in (0, 1).
+
+    Returns
+    -------
+    dict ``{estimate, lower, upper, method, n_resamples, seed, n_patients, n_images}``;
+    ``estimate``, ``lower`` and ``upper`` are None when ``y_true`` has one class only.
+
+    Raises
+    ------
+    ValueError
+        If the arrays differ in length or are empty, or ``n_resamples < 1``.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    confidence = _check_confidence(confidence)
+    y = np.asarray(y_true).astype(int)
+    s = np.asarray(scores, dtype=float)
+    g = np.asarray(groups)
+    if y.ndim != 1 or len(y) == 0 or s.shape != y.shape or g.shape != y.shape:
+        raise ValueError(f"need equal-length 1-d arrays, got {y.shape}, {s.shape}, {g.shape}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    n_groups = len(np.unique(g.astype(str)))
+    out = {
+        "estimate": None,
+        "lower": None,
+        "upper": None,
+        "method": "patient-clustered stratified percentile bootstrap",
+        "n_resamples": int(n_resamples),
+        "seed": int(seed),
+        "n_patients": n_groups,
+        "n_images": len(y),
+    }
+    if len(np.unique(y)) < 2:
+        return out
+    out["estimate"] = float(roc_auc_score(y, s))
+    aucs = bootstrap_aucs(y, s, g, n_resamples, seed)
+    lower, upper = np.quantile(aucs, [(1 - confidence) / 2, (1 + confidence) / 2])
+    out["lower"], out["upper"] = float(lower), float(upper)
+    return out
+
+
+def calibration(y_true, p_covid, n_bins: int = 10) -> dict:
+    """Reliability of ``p_covid``: equal-width bins, expected calibration error, Brier score.
+
+    Bins split [0, 1] into ``n_bins`` equal intervals, ``[0, 1/n_bins), ...,
+    [1 - 1/n_bins, 1]`` (1.0 falls in the last). ECE is the image-weighted mean absolute gap
+    between the mean ``p_covid`` of a bin and the fraction of covid images in it,
+    ``sum_b (n_b / N) |mean_p_b - frac_covid_b|`` (Guo et al. 2017, for the positive class).
+    Brier score is ``mean((p_covid - y)^2)``: 0 is perfect, 0.25 is a constant 0.5.
+
+    Parameters
+    ----------
+    y_true : ``(N,)`` ints in ``{0, 1}``; p_covid : ``(N,)`` floats in [0, 1]; N >= 1.
+    n_bins : int >= 1.
+
+    Returns
+    -------
+    dict ``{n_bins, ece, brier, bins}``; ``bins`` a list of ``{lower, upper, count,
+    mean_p_covid, fraction_covid}`` per bin (the two means None for an empty bin).
+
+    Raises
+    ------
+    ValueError
+        On empty or unequal inputs, ``p_covid`` outside [0, 1], or ``n_bins < 1``.
+    """
+    y = np.asarray(y_true, dtype=float)
+    p = np.asarray(p_covid, dtype=float)
+    if y.ndim != 1 or len(y) == 0 or p.shape != y.shape:
+        raise ValueError(f"need equal-length non-empty 1-d arrays, got {y.shape}, {p.shape}")
+    if not ((p >= 0) & (p <= 1)).all():
+        raise ValueError("p_covid must lie in [0, 1]")
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    index = np.clip(np.floor(p * n_bins).astype(int), 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        inside = index == b
+        count = int(inside.sum())
+        mean_p = float(p[inside].mean()) if count else None
+        frac = float(y[inside].mean()) if count else None
+        if count:
+            ece += count / len(y) * abs(mean_p - frac)
+        bins.append(
+            {
+                "lower": float(edges[b]),
+                "upper": float(edges[b + 1]),
+                "count": count,
+                "mean_p_covid": mean_p,
+                "fraction_covid": frac,
+            }
+        )
+    return {
+        "n_bins": int(n_bins),
+        "ece": float(ece),
+        "brier": float(np.mean((p - y) ** 2)),
+        "bins": bins,
+    }
+
+
+def roc_pr_curves(y_true, p_covid) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """ROC and precision-recall curve points, as tables for plotting (and DVC plots).
+
+    Returns
+    -------
+    roc : DataFrame ``fpr, tpr, threshold`` (scikit-learn ``roc_curve``; the first threshold
+        is ``inf``: nothing called covid).
+    pr : DataFrame ``recall, precision, threshold`` (``precision_recall_curve``; the last
+        point, recall 0 and precision 1, has no threshold: NaN).
+    Both are empty (columns only) when ``y_true`` holds one class.
+    """
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    y = np.asarray(y_true).astype(int)
+    p = np.asarray(p_covid, dtype=float)
+    if len(np.unique(y)) < 2:
+        return (
+            pd.DataFrame(columns=["fpr", "tpr", "threshold"], dtype=float),
+            pd.DataFrame(columns=["recall", "precision", "threshold"], dtype=float),
+        )
+    fpr, tpr, roc_t = roc_curve(y, p)
+    precision, recall, pr_t = precision_recall_curve(y, p)
+    roc = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": roc_t})
+    pr = pd.DataFrame(
+        {"recall": recall, "precision": precision, "threshold": np.append(pr_t, np.nan)}
+    )
+    return roc, pr
+
+
+def evaluation_summary(
+    y_true,
+    p_covid,
+    patient_ids,
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    n_bins: int = 10,
+) -> dict:
+    """:func:`compute_metrics` plus intervals, average precision and calibration.
+
+    Adds to the :func:`compute_metrics` dict: ``confidence``; ``n_patients``;
+    ``intervals`` (the :func:`proportion_intervals` of the confusion matrix, and ``roc_auc``
+    from :func:`clustered_bootstrap_auc`); ``average_precision`` (area under the
+    precision-recall curve, step-wise, None with one class); ``prevalence`` (fraction covid);
+    ``calibration`` (:func:`calibration`).
+    """
+    from sklearn.metrics import average_precision_score
+
+    y = np.asarray(y_true).astype(int)
+    p = np.asarray(p_covid, dtype=float)
+    out = compute_metrics(y, predicted_labels(p), p)
+    both = len(np.unique(y)) == 2
+    out["n_patients"] = int(len(np.unique(np.asarray(patient_ids).astype(str))))
+    out["prevalence"] = float(y.mean())
+    out["average_precision"] = float(average_precision_score(y, p)) if both else None
+    out["confidence"] = _check_confidence(confidence)
+    out["intervals"] = proportion_intervals(out["confusion_matrix"], confidence)
+    out["intervals"]["roc_auc"] = clustered_bootstrap_auc(
+        y, p, patient_ids, n_resamples=n_resamples, seed=seed, confidence=confidence
+    )
+    out["calibration"] = calibration(y, p, n_bins)
+    return out
+
+
+def write_curves(roc: pd.DataFrame, pr: pd.DataFrame, roc_path, pr_path) -> None:
+    """Write :func:`roc_pr_curves` tables as CSV (6 significant digits), atomically."""
+    _atomic_write_text(roc_path, roc.to_csv(index=False, float_format="%.6g"))
+    _atomic_write_text(pr_path, pr.to_csv(index=False, float_format="%.6g"))
+
+
+def write_calibration(cal: dict, path) -> None:
+    """Write the reliability bins of :func:`calibration` as CSV (one row per bin), atomically.
+
+    Columns ``bin, lower, upper, count, mean_p_covid, fraction_covid`` (empty bins: blank
+    means), for plotting.
+    """
+    frame = pd.DataFrame(cal["bins"])
+    frame.insert(0, "bin", range(len(frame)))
+    _atomic_write_text(path, frame.to_csv(index=False, float_format="%.6g"))
+
+
+def format_interval(entry: dict | None, digits: int = 3) -> str:
+    """``"0.750 [0.301, 0.954]"`` from an interval dict; ``"n/a"`` when undefined."""
+    if not entry or entry.get("estimate") is None:
+        return "n/a"
+    est, lo, hi = entry["estimate"], entry.get("lower"), entry.get("upper")
+    if lo is None or hi is None:
+        return f"{est:.{digits}f}"
+    return f"{est:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def write_json(obj, path) -> None:
+    """Write any JSON-ready object, indented, atomically (NaN and infinities refused)."""
+    _atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def write_table(frame: pd.DataFrame, path) -> None:
+    """Write a DataFrame as CSV (floats to 6 significant digits), atomically."""
+    _atomic_write_text(path, frame.to_csv(index=False, float_format="%.6g"))
+
+
+def write_text(text: str, path) -> None:
+    """Write text (e.g. Markdown) atomically; the folder of ``path`` is created."""
+    _atomic_write_text(path, text)

@@ -1,0 +1,327 @@
+"""The model card (``reports/model_card.md``), generated from one run's outputs.
+
+Sections follow Mitchell et al. (2019), Model Cards for Model Reporting (FAT* '19,
+arXiv:1810.03993): intended use, model, data (sources, licenses, counts), split, metrics with
+intervals, the shortcut audit, the honesty checks, known limitations. Every number comes from
+the run's files (:func:`render` takes them already loaded); nothing is typed in by hand, so a
+rerun on other data or another config gives its own card. Pure Python / pandas; writes nothing
+(the model_card script writes the text).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from cxr.metrics import format_interval
+
+KERMANY_LICENSE = "CC BY 4.0"
+KERMANY_CITATION = (
+    "Kermany, Zhang & Goldbaum (2018), Labeled Optical Coherence Tomography (OCT) and Chest "
+    "X-Ray Images for Classification, Mendeley Data, doi:10.17632/rscbjbr9sj.2"
+)
+IEEE_CITATION = (
+    "Cohen et al. (2020), COVID-19 image data collection, arXiv:2003.11597 "
+    "(github.com/ieee8023/covid-chestxray-dataset)"
+)
+INTERVAL_ROWS = (
+    ("sensitivity", "Sensitivity (recall, covid)"),
+    ("specificity", "Specificity (recall, non_covid)"),
+    ("ppv", "PPV (precision, covid)"),
+    ("npv", "NPV (precision, non_covid)"),
+    ("accuracy", "Accuracy"),
+    ("roc_auc", "ROC AUC"),
+)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _basis(entry: dict) -> str:
+    if entry.get("trials") is not None:
+        return f"{entry['successes']} / {entry['trials']}"
+    if entry.get("n_patients") is not None:
+        return f"{entry['n_patients']} patients, {entry['n_resamples']} resamples"
+    return ""
+
+
+def license_counts(manifest: pd.DataFrame, metadata: pd.DataFrame | None) -> pd.DataFrame:
+    """Images used per source and license: ``source, license, images``.
+
+    ieee8023 licenses are per image (``metadata.csv`` column ``license``, joined on the file
+    name; blank: "not stated"); every Kermany image is CC BY 4.0.
+    """
+    rows = []
+    ieee = manifest[manifest["source"] == "ieee8023"]
+    if len(ieee):
+        lic = pd.Series("not stated", index=ieee.index)
+        if metadata is not None and "license" in metadata.columns:
+            by_file = (
+                metadata.drop_duplicates("filename").set_index("filename")["license"].str.strip()
+            )
+            names = ieee["path"].map(lambda p: Path(p).name)
+            found = names.map(by_file).fillna("")
+            lic = found.where(found != "", "not stated")
+        for name, n in lic.value_counts().sort_index().items():
+            rows.append(["ieee8023", name, int(n)])
+    kermany = manifest["source"].str.startswith("kermany")
+    if kermany.any():
+        rows.append(["kermany", KERMANY_LICENSE, int(kermany.sum())])
+    return pd.DataFrame(rows, columns=["source", "license", "images"])
+
+
+def split_counts(splits: dict[str, pd.DataFrame]) -> list[list]:
+    """Rows ``split, covid images (patients), non_covid images (patients), total``."""
+    rows = []
+    for name, frame in splits.items():
+        cells = [name]
+        for label in ("covid", "non_covid"):
+            part = frame[frame["label"] == label]
+            cells.append(f"{len(part)} ({part['patient_id'].nunique()})")
+        cells.append(f"{len(frame)} ({frame['patient_id'].nunique()})")
+        rows.append(cells)
+    return rows
+
+
+def render(
+    *,
+    manifest: pd.DataFrame,
+    excluded: pd.DataFrame,
+    metadata: pd.DataFrame | None,
+    splits: dict[str, pd.DataFrame],
+    n_augmented: int,
+    histories: dict[str, pd.DataFrame],
+    metrics: dict[str, dict],
+    audit: dict,
+    gradcam: dict,
+    viral: dict,
+    external: dict | None,
+    image_size: int,
+) -> str:
+    """The model card as Markdown.
+
+    Parameters
+    ----------
+    manifest, excluded : ``data/interim/manifest.csv`` and ``excluded.csv``.
+    metadata : the raw ieee8023 ``metadata.csv`` (licenses), or None.
+    splits : ``{"train": ..., "val": ..., "test": ...}`` split tables.
+    n_augmented : rows of ``data/augmented/augmented.csv``.
+    histories : ``{stage: history table}``.
+    metrics : ``{"model_03_test": ..., "model_01_val": ...}`` evaluation dicts.
+    audit : ``reports/audit/shortcut_audit.json``; gradcam : ``reports/audit/gradcam.json``.
+    viral : ``reports/external/ieee8023_viral.json``; external : the external test's JSON or
+        None when none is configured.
+    image_size : the model's input side, pixels.
+    """
+    test = metrics["model_03_test"]
+    level = f"{test.get('confidence', 0.95):.0%}"
+    out = []
+    add = out.append
+    add("# Model card: VGG19 COVID-19 vs non-COVID viral pneumonia classifier (model_03)\n")
+    add(
+        "_Generated by the pipeline (rule `model_card`) from this run's outputs; every number "
+        "below was measured in this run. Do not edit by hand._\n"
+    )
+    add(
+        "> **Not a diagnostic tool.** This model was built to rebuild, audit and teach a "
+        "published kind of classifier. Its training data has known confounds (below): a high "
+        "score on it does not show that the model reads lungs. Do not use it on patients.\n"
+    )
+    warnings = audit.get("warnings", [])
+    if warnings:
+        add("> **Shortcut audit warnings (this run):**")
+        for w in warnings:
+            add(f"> - {w}")
+        add("")
+
+    add("## Intended use\n")
+    add(
+        "- **Intended:** research on and teaching of evaluation practice and shortcut "
+        "learning in medical imaging; reproducing the 2020 transfer-learning protocol "
+        "(VGG19, three fine-tuning stages) end to end.\n"
+        "- **Out of scope:** any clinical use (diagnosis, triage, screening, prioritisation), "
+        "any decision about a person, and any population or image source other than the two "
+        "described here. The model has never been validated prospectively or on an "
+        "independent clinical cohort.\n"
+    )
+
+    add("## Model\n")
+    epochs = ", ".join(f"{s}: {len(h)}" for s, h in histories.items())
+    add(
+        f"- Architecture: VGG19 convolutional base (ImageNet weights; Simonyan & Zisserman "
+        f"2014, CC BY) with a dense head, input {image_size} x {image_size} RGB (aspect not "
+        f"kept), output p_covid (softmax); called covid when p_covid > 0.5.\n"
+        f"- Training: three stages (model_01 head only; model_02 block 5; model_03 blocks "
+        f"4-5), epochs run per stage: {epochs}. model_03 is the model evaluated here.\n"
+    )
+
+    add("## Data\n")
+    add(
+        f"- COVID-19: {IEEE_CITATION}; frontal X-rays (PA, AP, AP Supine), adults, from many "
+        f"hospitals and papers; license per image.\n"
+        f"- Non-COVID viral pneumonia: {KERMANY_CITATION}; children aged 1-5, one hospital "
+        f"(Guangzhou); {KERMANY_LICENSE}.\n"
+    )
+    in_split = pd.concat(list(splits.values()), ignore_index=True)
+    rows = []
+    for label in ("covid", "non_covid"):
+        usable = manifest[manifest["label"] == label]
+        taken = in_split[in_split["label"] == label]
+        rows.append(
+            [
+                label,
+                f"{len(usable)} ({usable['patient_id'].nunique()})",
+                f"{len(taken)} ({taken['patient_id'].nunique()})",
+            ]
+        )
+    add(
+        _table(["class", "usable images (patients)", "in the split (patients)"], rows)
+        + "\n\n'Usable' is the manifest (every image that passed the checks); the split may "
+        "draw fewer (config `split.max_per_class`).\n"
+    )
+    add("Images in the split per source and license:\n")
+    lic = license_counts(in_split, metadata)
+    add(_table(["source", "license", "images"], lic.values.tolist()) + "\n")
+    reasons = excluded["reason"].value_counts()
+    add(
+        f"Excluded: {len(excluded)} files, each with its reason in `data/interim/excluded.csv`"
+        f" ({', '.join(f'{n} {r}' for r, n in reasons.items())}).\n"
+    )
+
+    add("## Split\n")
+    add(
+        "By patient, never by image (several images of one patient stay in one split); the "
+        "test split was set aside first. Images (patients):\n"
+    )
+    add(
+        _table(["split", "covid", "non_covid", "total"], split_counts(splits))
+        + f"\n\n{n_augmented} augmented COVID images (imgaug recipe) were added to the training "
+        "split, all made from training patients' images.\n"
+    )
+
+    add(f"## Metrics (model_03 on the test split, {level} intervals)\n")
+    add(
+        "Proportions: Wilson score intervals. ROC AUC: patient-clustered, class-stratified "
+        "percentile bootstrap (patients resampled, not images). The test split is balanced by "
+        "design, so PPV and NPV do not carry over to any clinical prevalence.\n"
+    )
+    rows = []
+    for key, name in INTERVAL_ROWS:
+        entry = test["intervals"][key]
+        rows.append([name, format_interval(entry), _basis(entry)])
+    cal = test["calibration"]
+    rows.append(["Expected calibration error", f"{cal['ece']:.3f}", f"{cal['n_bins']} bins"])
+    rows.append(["Brier score", f"{cal['brier']:.3f}", f"{test['n']} images"])
+    add(_table(["metric", f"estimate [{level} interval]", "basis"], rows) + "\n")
+    add("Validation, per stage (model selection was made on validation only):\n")
+    vrows = []
+    for key, m in metrics.items():
+        if key == "model_03_test":
+            continue
+        iv = m["intervals"]
+        vrows.append(
+            [
+                key,
+                format_interval(iv["accuracy"]),
+                format_interval(iv["sensitivity"]),
+                format_interval(iv["specificity"]),
+                format_interval(iv["roc_auc"]),
+            ]
+        )
+    add(_table(["evaluation", "accuracy", "sensitivity", "specificity", "ROC AUC"], vrows) + "\n")
+
+    add("## Shortcut audit\n")
+    add(
+        "How much of the task can be solved without looking at lungs (test ROC AUC, "
+        f"{level} patient bootstrap intervals; warning level {audit['warn_auc']}):\n"
+    )
+    arows = [
+        [
+            e["name"],
+            e.get("description", ""),
+            format_interval(e["roc_auc"]),
+            "**WARNING**" if e.get("flagged") else "",
+        ]
+        for e in audit["entries"]
+    ]
+    add(_table(["check", "what", "test ROC AUC", ""], arows) + "\n")
+    gc_mean = gradcam.get("mean_heat_in_box")
+    if gc_mean is not None:
+        add(
+            f"Grad-CAM (block5_conv4, predicted class) over all {gradcam['n_images']} test "
+            f"images: on average {gc_mean:.0%} of the heat lies in the central lung box "
+            f"(x {gradcam['lung_box'][0]}-{gradcam['lung_box'][2]}, y "
+            f"{gradcam['lung_box'][1]}-{gradcam['lung_box'][3]} of width and height), which "
+            f"covers {gradcam['box_area_fraction']:.0%} of the image (what uniform heat would "
+            "give). The box is a crude stand-in for lung masks, which the data lacks.\n"
+        )
+    if warnings:
+        add("Warnings:\n")
+        add("\n".join(f"- {w}" for w in warnings) + "\n")
+    else:
+        add("No value reached the warning level.\n")
+
+    add("## Honesty check: adult non-COVID viral pneumonia (ieee8023)\n")
+    if viral.get("n"):
+        spec = viral["intervals"]["specificity"]
+        kids = viral["test_non_covid_specificity"]
+        auc = viral.get("auc_test_covid_vs_these")
+        findings = ", ".join(f"{k}: {v['n']}" for k, v in viral["per_finding"].items())
+        add(
+            f"{viral['n']} frontal X-rays of adults with other viral pneumonias "
+            f"({findings}), from "
+            "the same collection as the COVID images. All are non-COVID.\n\n"
+            f"- Specificity on them: {format_interval(spec)} ({_basis(spec)} called non_covid); "
+            f"mean p_covid {viral['p_covid_mean']:.3f}.\n"
+            f"- For comparison, specificity on the test split's non-COVID images (Kermany "
+            f"children): {format_interval(kids)}.\n"
+            f"- ROC AUC, test COVID images vs these adults: {format_interval(auc)}.\n\n"
+            "A model that had learned COVID-19 rather than 'adult vs child' would keep its "
+            "specificity here; a drop means the test score rests on the population confound.\n"
+        )
+    else:
+        add("No such images could be scored in this run.\n")
+    if viral.get("n_failed"):
+        add(f"{viral['n_failed']} listed images did not load (see the errors table).\n")
+
+    add("## External test\n")
+    if external is None:
+        add("None configured (`external.metadata` in config.yaml is null).\n")
+    elif not external.get("n"):
+        add(f"{external['name']}: no image could be scored ({external['n_failed']} failed).\n")
+    else:
+        iv = external["intervals"]
+        add(
+            _table(
+                ["metric", f"estimate [{level} interval]", "basis"],
+                [[name, format_interval(iv[k]), _basis(iv[k])] for k, name in INTERVAL_ROWS],
+            )
+            + f"\n\n{external['name']}: {external['n']} images scored, "
+            f"{external['n_failed']} failed.\n"
+        )
+
+    add("## Known limitations\n")
+    add(
+        "- **Confounded classes.** Every non-COVID image is a child aged 1-5 from one hospital; "
+        "every COVID image an adult from many sources, often a figure cut out of a paper. Age, "
+        "hospital, exposure, framing and file handling all separate the classes (see the "
+        "shortcut audit). Test scores on this split measure that separability, not COVID-19 "
+        "detection (Roberts et al. 2021; DeGrave et al. 2021).\n"
+        "- **Small test set.** Read the intervals, not the point values.\n"
+        "- **Several images per patient.** The split is by patient and the AUC interval "
+        "resamples patients; image-level intervals would be too narrow.\n"
+        "- **Labels** come from the collections' metadata (the ieee8023 finding, the Kermany "
+        "folder), not from a re-read by radiologists; the COVID images include figures from "
+        "publications, i.e. selected, cropped and re-encoded images.\n"
+        "- **Calibration** was measured on a balanced split: p_covid is not a probability for "
+        "any clinical population.\n"
+        "- **Grad-CAM** is a coarse (block 5) saliency map, and the lung box a fixed rectangle: "
+        "heat in the box is not evidence that the model reads lung pathology.\n"
+        "- **No external clinical validation**, no prospective evaluation, no subgroup analysis "
+        "(sex, age within adults, device) beyond the checks above.\n"
+    )
+    return "\n".join(out).rstrip() + "\n"
