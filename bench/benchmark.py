@@ -87,16 +87,22 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, help="image side in px; default 64 (--full: 224)")
     p.add_argument("--batch_size", type=int, help="default 8 (--full: 32, the seed's)")
     p.add_argument(
-        "--epochs", type=int, default=3, help="per variant; the first is warm-up (default 3)"
+        "--epochs",
+        type=int,
+        default=3,
+        help="per variant; the first is warm-up (default %(default)s)",
     )
     p.add_argument(
-        "--threads", type=int, default=2, help="TF threads and batch workers (default 2)"
+        "--threads", type=int, default=2, help="TF threads and batch workers (default %(default)s)"
     )
     p.add_argument(
-        "--matmul", type=int, default=4096, help="side of the peak matmul (default 4096)"
+        "--matmul", type=int, default=4096, help="side of the peak matmul (default %(default)s)"
     )
     p.add_argument(
-        "--stream_mb", type=int, default=256, help="tensor size of the bandwidth x+y (default 256)"
+        "--stream_mb",
+        type=int,
+        default=256,
+        help="tensor size of the bandwidth x+y (default %(default)s)",
     )
     p.add_argument(
         "--mirror",
@@ -115,19 +121,22 @@ def parse_args(argv=None):
         "--stages", nargs="+", default=list(STAGES), choices=list(STAGES), help="default: all"
     )
     p.add_argument(
-        "--protocol_epochs", type=int, nargs=3, default=[10, 15, 25], help="default 10 15 25"
+        "--protocol_epochs", type=int, nargs=3, default=[10, 15, 25], help="default %(default)s"
     )
     p.add_argument(
-        "--protocol_images", type=int, default=1841, help="training images (default 1841)"
+        "--protocol_images", type=int, default=1841, help="training images (default %(default)s)"
     )
     p.add_argument(
-        "--protocol_val_images", type=int, default=178, help="validation images (default 178)"
+        "--protocol_val_images",
+        type=int,
+        default=178,
+        help="validation images (default %(default)s)",
     )
     p.add_argument(
         "--protocol_store_images",
         type=int,
         default=2079,
-        help="images decoded, all splits (default 2079)",
+        help="images decoded, all splits (default %(default)s)",
     )
     p.add_argument("--json", help="write the results here too")
     a = p.parse_args(argv)
