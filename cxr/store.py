@@ -126,6 +126,19 @@ def file_digest(path) -> str:
 FEATURES_VERSION = 1
 
 
+def feature_cache_off(cache_features: bool, realtime_augmentation: bool) -> str | None:
+    """Why the feature cache is off for this configuration (config ``train``), or None if on.
+
+    The cache needs ``cache_features`` and real-time augmentation off: with augmentation on,
+    every epoch trains on new images, so there is nothing to compute once.
+    """
+    if not cache_features:
+        return "train.cache_features is false"
+    if realtime_augmentation:
+        return "train.realtime_augmentation is true: every epoch trains on new images"
+    return None
+
+
 class UnusableFeatures(ValueError):
     """A feature cache that holds no usable features for this stage: written with the cache
     off, of another layout version, without the layer, or computed with other frozen weights.

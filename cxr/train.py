@@ -58,7 +58,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cxr.store import file_digest
+from cxr.store import feature_cache_off, file_digest
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -957,7 +957,8 @@ def train_stage(
         momentum=momentum,
         nesterov=nesterov,
     )
-    use_cache = bool(cache_features) and not realtime_augmentation and frozen_layers not in (0, 1)
+    off = feature_cache_off(cache_features, realtime_augmentation)
+    use_cache = off is None and frozen_layers not in (0, 1)
     if cache_features and not use_cache:
         print("cache_features: off (real-time augmentation on, or nothing frozen)")
     if use_cache:

@@ -34,13 +34,9 @@ if len(a.out) != len(a.stores):
     p.error(f"--out needs one path per store: {len(a.stores)} stores, {len(a.out)} paths")
 sys.stdout.reconfigure(line_buffering=True)
 
-from cxr.store import file_digest, load_store, save_features  # noqa: E402
+from cxr.store import feature_cache_off, file_digest, load_store, save_features  # noqa: E402
 
-off = None
-if not a.cache_features:
-    off = "train.cache_features is false"
-elif a.realtime_augmentation:
-    off = "train.realtime_augmentation is true: every epoch trains on new images"
+off = feature_cache_off(a.cache_features, a.realtime_augmentation)
 if off is not None:
     for out in a.out:
         save_features(out, {}, [], {}, None, off=off)

@@ -102,6 +102,13 @@ def assert_same_training(full, cached, start):
     assert moved >= 4
 
 
+def assert_identical_runs(a, b):
+    """Two ``run`` results with bit-identical weights and per-epoch losses."""
+    for x, y in zip(a[0].get_weights(), b[0].get_weights(), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert [r["loss"] for r in a[1]] == [r["loss"] for r in b[1]]
+
+
 def test_cut_layers():
     model = build_model(32, **HEAD)
     assert [cut_layer(model, n) for n in ("all", 17, 12, 1, 0)] == [
@@ -174,9 +181,7 @@ def test_feature_files_give_the_in_memory_result_and_are_checked(stores, tmp_pat
         np.testing.assert_array_equal(got, features["block4_pool"])
     a = run(stores, tmp_path / "memory", "model_01", cache_features=True)
     b = run(stores, tmp_path / "file", "model_01", cache_features=True, features=paths)
-    for x, y in zip(a[0].get_weights(), b[0].get_weights(), strict=True):
-        np.testing.assert_array_equal(x, y)
-    assert [r["loss"] for r in a[1]] == [r["loss"] for r in b[1]]
+    assert_identical_runs(a, b)
     with pytest.raises(UnusableFeatures, match="other frozen weights"):
         load_features(paths[0], "block5_pool", digests["block4_pool"])
     with pytest.raises(ValueError, match="another store") as wrong_store:
@@ -191,9 +196,7 @@ def test_feature_files_give_the_in_memory_result_and_are_checked(stores, tmp_pat
     other = dict(init=tmp_path / "other.keras", cache_features=True)
     c = run(stores, tmp_path / "x", "model_03", features=paths, **other)
     d = run(stores, tmp_path / "y", "model_03", **other)
-    for x, y in zip(c[0].get_weights(), d[0].get_weights(), strict=True):
-        np.testing.assert_array_equal(x, y)
-    assert [r["loss"] for r in c[1]] == [r["loss"] for r in d[1]]
+    assert_identical_runs(c, d)
 
 
 def test_feature_files_written_with_the_cache_off_are_not_used(stores, tmp_path):
@@ -209,8 +212,7 @@ def test_feature_files_written_with_the_cache_off_are_not_used(stores, tmp_path)
             load_features(path, "block5_pool", "x")
     a = run(stores, tmp_path / "memory", "model_01", cache_features=True)
     b = run(stores, tmp_path / "file", "model_01", cache_features=True, features=paths)
-    for x, y in zip(a[0].get_weights(), b[0].get_weights(), strict=True):
-        np.testing.assert_array_equal(x, y)
+    assert_identical_runs(a, b)
 
 
 def test_script_options(stores, tmp_path):
