@@ -107,6 +107,18 @@ def test_image_in_both_classes_is_dropped_from_both(raw):
     assert not df.path.str.endswith(("c.png", "person9_virus_9.jpeg")).any()
 
 
+def test_manifest_records_bit_depth_and_range_warning(raw):
+    covid, kermany = raw
+    # A 12-bit X-ray in a 16-bit PNG (values 0..4095, no sBIT), and a flat 8-bit image.
+    ramp = np.linspace(0, 4095, 160 * 200).round().astype(np.uint16).reshape(200, 160)
+    Image.fromarray(ramp).save(covid / "images/b.png", format="PNG")
+    df, _ = build_manifest(covid, kermany, min_side=128)
+    rows = df.set_index(df.path.str.split("/").str[-1])
+    assert rows.loc["b.png", "bit_depth"] == 12 and rows.loc["b.png", "warning"] == ""
+    assert rows.loc["c.png", "bit_depth"] == 8  # fixture images are flat 8-bit greys
+    assert rows.loc["c.png", "warning"] == "flat: every pixel decodes to 20"
+
+
 def test_metadata_missing_column_names_it(tmp_path):
     p = tmp_path / "metadata.csv"
     pd.DataFrame(columns=["patient_id", "finding", "view", "modality", "filename"]).to_csv(p)
