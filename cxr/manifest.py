@@ -12,8 +12,9 @@ Rules (Cohen et al. 2020 metadata; Kermany et al. 2018 file names):
 - non-COVID: Kermany files named ``personN_virus_M.jpeg``. Patient: ``kermany-<split>:personN``
   (the same N in the Kermany train and test folders is not the same child).
 - Exact duplicates (same file sha256, or same decoded pixels under another encoding): the
-  first path (sorted) is kept, the others excluded; an image found in both classes is
-  excluded from both. The mirror has one pixel-identical pair filed under two ieee8023
+  first path (sorted) is kept, the others excluded; an image found in both classes, by file
+  hash or by pixel hash, is excluded from both (each row's detail names the other paths).
+  The mirror has one pixel-identical pair filed under two ieee8023
   patients (78 and 201), which a file-hash check alone would let leak across splits.
 - ``bit_depth`` is the depth the loader scaled the pixels by (:class:`cxr.images.LoadedImage`;
   8 for ordinary files, 10/12/14/16 for 16-bit grey X-rays); ``warning`` is empty or says why
@@ -215,11 +216,25 @@ def build_manifest(
         except ImageError as err:
             excluded.append(_exclude(rec, err.reason, str(err)))
     df = pd.DataFrame(taken, columns=COLUMNS).sort_values("path", ignore_index=True)
-    # The same image under two labels cannot be trusted for either: drop both.
-    labels_per_hash = df.groupby("sha256")["label"].transform("nunique")
-    for rec in df[labels_per_hash > 1].to_dict("records"):
-        excluded.append(_exclude(rec, "same image in both classes", rec["sha256"]))
-    df = df[labels_per_hash <= 1]
+    # The same image under two labels cannot be trusted for either: drop every copy, whether
+    # the copies share their bytes or only their pixels (another encoding of one picture).
+    both = pd.Series(False, index=df.index)
+    for key in ("sha256", "pixel_sha256"):
+        both |= df.groupby(key)["label"].transform("nunique") > 1
+    paths_by = {key: df[both].groupby(key)["path"].agg(list) for key in ("sha256", "pixel_sha256")}
+    for rec in df[both].to_dict("records"):
+        same_bytes = [p for p in paths_by["sha256"][rec["sha256"]] if p != rec["path"]]
+        same_pixels = [
+            p for p in paths_by["pixel_sha256"][rec["pixel_sha256"]]
+            if p != rec["path"] and p not in same_bytes
+        ]  # fmt: skip
+        detail = "; ".join(
+            f"{what} as {', '.join(paths)}"
+            for what, paths in (("same file bytes", same_bytes), ("same pixels", same_pixels))
+            if paths
+        )
+        excluded.append(_exclude(rec, "same image in both classes", detail))
+    df = df[~both]
     # Exact duplicates under other names (same bytes, or same decoded pixels): keep the first.
     for key, what in (("sha256", "same file bytes"), ("pixel_sha256", "same pixels")):
         dup = df.duplicated(key, keep="first")
