@@ -1,4 +1,5 @@
-"""The one image loader: every pipeline step reads image files through :func:`load_rgb`.
+"""The one image loader: every pipeline step reads image files through :func:`load_rgb`
+(or :func:`load_image`, which also says the bit depth used).
 
 It turns any image file Pillow can decode into an ``(H, W, 3) uint8`` RGB array, or raises
 :class:`ImageError` naming the file and a short reason from :data:`REASONS`. It never returns
@@ -23,15 +24,16 @@ Conversions to RGB (``to_rgb``), by Pillow mode:
   ``round(v * 255 / (2**d - 1))``, never clipped (:func:`stored_bit_depth` picks ``d``). Many
   X-rays converted from DICOM hold 10, 12 or 14 bits in a 16-bit PNG (values 0..4095 for
   12 bits); dividing those by 65535 would leave a nearly black picture. ``d`` is the PNG
-  ``sBIT`` chunk's value when the pixels fit in it, else the smallest of
-  :data:`STORED_DEPTHS` (10, 12, 14, 16) that holds the image's maximum.
+  ``sBIT`` chunk's value when the pixels fit in it (16 when they do not: the PNG
+  specification's scaled samples), else the smallest of :data:`STORED_DEPTHS` (10, 12, 14,
+  16) that holds the image's maximum.
 - ``I`` (32-bit int) and ``F`` (32-bit float): no fixed bit depth, so min-max scaled over the
   image's own range, ``round((v - min) * 255 / (max - min))``; a constant image gives zeros.
   NaN or infinite ``F`` pixels are an error.
 
 Every conversion also reports the bit depth it scaled by and a warning for an implausible
-range (:func:`load_image`, :class:`LoadedImage`): a flat picture, or one whose maximum is
-under a quarter of its depth's range.
+range (:func:`load_image`, :class:`LoadedImage`): a flat picture (any mode), or a 16-bit
+grey one whose maximum is under a quarter of its depth's range.
 
 Rounding is half up. EXIF orientation is applied (``ImageOps.exif_transpose``) before the
 conversion. Multi-frame files (GIF, TIFF) give their first frame. 16-bit-per-channel colour
