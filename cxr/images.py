@@ -1,4 +1,5 @@
-"""The one image loader: every pipeline step reads image files through :func:`load_rgb`.
+"""The one image loader: every pipeline step reads image files through :func:`load_rgb`
+(or :func:`load_image`, which also says the bit depth used).
 
 It turns any image file Pillow can decode into an ``(H, W, 3) uint8`` RGB array, or raises
 :class:`ImageError` naming the file and a short reason from :data:`REASONS`. It never returns
@@ -19,11 +20,20 @@ Conversions to RGB (``to_rgb``), by Pillow mode:
   BLACK background: ``round(c * a / 255)``, so a fully transparent pixel becomes 0, the
   radiograph background. Premultiplied ``La`` / ``RGBa`` already are that, so their alpha is
   dropped.
-- ``I;16`` (and ``I;16L``, ``I;16B``, ``I;16N``): scaled by the 16-bit depth,
-  ``round(v * 255 / 65535)``, never clipped.
+- ``I;16`` (and ``I;16L``, ``I;16B``, ``I;16N``): scaled by the bit depth the file stores,
+  ``round(v * 255 / (2**d - 1))``, never clipped (:func:`stored_bit_depth` picks ``d``). Many
+  X-rays converted from DICOM hold 10, 12 or 14 bits in a 16-bit PNG (values 0..4095 for
+  12 bits); dividing those by 65535 would leave a nearly black picture. ``d`` is the PNG
+  ``sBIT`` chunk's value when the pixels fit in it (16 when they do not: the PNG
+  specification's scaled samples), else the smallest of :data:`STORED_DEPTHS` (10, 12, 14,
+  16) that holds the image's maximum.
 - ``I`` (32-bit int) and ``F`` (32-bit float): no fixed bit depth, so min-max scaled over the
   image's own range, ``round((v - min) * 255 / (max - min))``; a constant image gives zeros.
   NaN or infinite ``F`` pixels are an error.
+
+Every conversion also reports the bit depth it scaled by and a warning for an implausible
+range (:func:`load_image`, :class:`LoadedImage`): a flat picture (any mode), or a 16-bit
+grey one whose maximum is under a quarter of its depth's range.
 
 Rounding is half up. EXIF orientation is applied (``ImageOps.exif_transpose``) before the
 conversion. Multi-frame files (GIF, TIFF) give their first frame. 16-bit-per-channel colour
@@ -35,7 +45,9 @@ This module only reads files; it writes nothing.
 from __future__ import annotations
 
 import os
+import struct
 import warnings
+from dataclasses import dataclass
 
 import imagehash
 import numpy as np
@@ -55,6 +67,32 @@ REASONS = (
     "non-finite pixels",  # NaN or infinite values in a float image
     "format mismatch",  # content format differs from the extension (reporting only)
 )
+
+
+#: Bit depths a 16-bit grey image may hold when no ``sBIT`` chunk says which, smallest first.
+STORED_DEPTHS = (10, 12, 14, 16)
+#: Bits per sample the conversion scales by, for modes whose depth is fixed. ``I`` and ``F``
+#: (32 bits, min-max scaled) are recorded as 32; ``I;16*`` as :func:`stored_bit_depth` says.
+MODE_DEPTHS = {"1": 1, "I": 32, "F": 32}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """What :func:`load_image` returns.
+
+    Attributes
+    ----------
+    rgb : ``(H, W, 3) uint8`` C-contiguous array.
+    bit_depth : int, bits per sample the conversion scaled by (8 for 8-bit modes, 1 for
+        ``1``, 10/12/14/16 or the ``sBIT`` value for ``I;16*``, 32 for ``I`` and ``F``).
+    warning : str, ``""`` or why the range is implausible (``"flat: ..."``,
+        ``"low range: ..."``); the image still loads.
+    """
+
+    rgb: np.ndarray
+    bit_depth: int
+    warning: str = ""
 
 
 class ImageError(ValueError):
@@ -173,8 +211,8 @@ def image_info(path) -> dict:
         return {"width": im.width, "height": im.height, "mode": im.mode, "format": im.format}
 
 
-def load_rgb(path, *, min_side: int = 1, max_pixels: int = 50_000_000) -> np.ndarray:
-    """Decode an image file to RGB pixels, or fail loudly.
+def load_image(path, *, min_side: int = 1, max_pixels: int = 50_000_000) -> LoadedImage:
+    """Decode an image file to RGB pixels with the bit depth used, or fail loudly.
 
     Parameters
     ----------
@@ -186,8 +224,9 @@ def load_rgb(path, *, min_side: int = 1, max_pixels: int = 50_000_000) -> np.nda
 
     Returns
     -------
-    ``(H, W, 3) uint8`` array, C-contiguous, EXIF orientation applied, converted as the module
-    docstring describes.
+    :class:`LoadedImage`: ``rgb``, an ``(H, W, 3) uint8`` array, C-contiguous, EXIF
+    orientation applied, converted as the module docstring describes; ``bit_depth``;
+    ``warning``. A 16-bit PNG's ``sBIT`` chunk is read from the file (Pillow does not).
 
     Raises
     ------
@@ -220,7 +259,60 @@ def load_rgb(path, *, min_side: int = 1, max_pixels: int = 50_000_000) -> np.nda
             oriented = ImageOps.exif_transpose(im)
         except Exception as exc:  # malformed EXIF: the orientation cannot be trusted
             raise ImageError(path, "corrupt", f"EXIF orientation: {exc}") from exc
-        return to_rgb(oriented, path=path)
+        sbit = png_significant_bits(path) if im.format == "PNG" else None
+        return convert(oriented, path=path, significant_bits=sbit)
+
+
+def load_rgb(path, *, min_side: int = 1, max_pixels: int = 50_000_000) -> np.ndarray:
+    """Decode an image file to ``(H, W, 3) uint8`` RGB: :func:`load_image`'s ``rgb``.
+
+    Same parameters and errors as :func:`load_image`.
+    """
+    return load_image(path, min_side=min_side, max_pixels=max_pixels).rgb
+
+
+def png_significant_bits(path) -> int | None:
+    """The first value of a PNG file's ``sBIT`` chunk (significant bits of grey or red).
+
+    Pillow does not read ``sBIT``, so the chunks before the first ``IDAT`` are walked here
+    (PNG specification, 3rd ed., 11.3.2.4: ``sBIT`` comes before ``PLTE`` and ``IDAT``).
+
+    Returns
+    -------
+    int, or None when the file is not a PNG, has no ``sBIT``, or its value is outside 1..16.
+    """
+    with open(path, "rb") as f:
+        if f.read(8) != PNG_SIGNATURE:
+            return None
+        while len(head := f.read(8)) == 8:
+            length, cid = struct.unpack(">I4s", head)
+            if cid == b"sBIT":
+                data = f.read(length)
+                return data[0] if data and 1 <= data[0] <= 16 else None
+            if cid in (b"IDAT", b"IEND"):
+                return None
+            f.seek(length + 4, os.SEEK_CUR)  # data and CRC
+    return None
+
+
+def stored_bit_depth(maximum: int, significant_bits: int | None = None) -> int:
+    """The bit depth a 16-bit grey image's values are scaled by.
+
+    Parameters
+    ----------
+    maximum : int, the image's largest stored value (0..65535).
+    significant_bits : the PNG ``sBIT`` value, or None.
+
+    Returns
+    -------
+    ``significant_bits`` when given and ``maximum < 2**significant_bits`` (the values are
+    stored unscaled, as DICOM converters write them); with ``sBIT`` but larger values, 16
+    (the PNG specification's own convention: the samples were scaled up to the full depth);
+    without ``sBIT``, the smallest of :data:`STORED_DEPTHS` whose range holds ``maximum``.
+    """
+    if significant_bits is not None:
+        return significant_bits if maximum < 2**significant_bits else 16
+    return next(d for d in STORED_DEPTHS if maximum < 2**d)
 
 
 def _round_half_up(x: np.ndarray) -> np.ndarray:
@@ -247,23 +339,31 @@ def _palette_has_alpha(image: Image.Image) -> bool:
     return "transparency" in image.info or getattr(palette, "mode", "RGB") == "RGBA"
 
 
-def to_rgb(image: Image.Image, path="<in memory>") -> np.ndarray:
-    """Convert a decoded Pillow image to ``(H, W, 3) uint8`` RGB (rules: module docstring).
+def to_rgb(image: Image.Image, path="<in memory>", significant_bits=None) -> np.ndarray:
+    """Convert a decoded Pillow image to ``(H, W, 3) uint8`` RGB: :func:`convert`'s ``rgb``."""
+    return convert(image, path=path, significant_bits=significant_bits).rgb
+
+
+def convert(image: Image.Image, path="<in memory>", significant_bits=None) -> LoadedImage:
+    """Convert a decoded Pillow image to RGB (rules: module docstring), with its bit depth.
 
     Parameters
     ----------
     image : a loaded ``PIL.Image.Image`` of any Pillow mode.
     path : what to name in an :class:`ImageError`.
+    significant_bits : the PNG ``sBIT`` value (:func:`png_significant_bits`) or None; used
+        for ``I;16*`` modes only.
 
     Returns
     -------
-    ``(H, W, 3) uint8`` C-contiguous array.
+    :class:`LoadedImage` (``rgb`` ``(H, W, 3) uint8`` C-contiguous).
 
     Raises
     ------
     ImageError with reason ``"unsupported mode"`` or ``"non-finite pixels"``.
     """
     mode = image.mode
+    depth, warning, grey = MODE_DEPTHS.get(mode, 8), "", None
     if mode == "1":
         grey = np.asarray(image).astype(np.uint8) * np.uint8(255)
     elif mode == "L":
@@ -272,7 +372,12 @@ def to_rgb(image: Image.Image, path="<in memory>") -> np.ndarray:
         grey = np.asarray(image)[..., 0]
     elif mode.startswith("I;16"):
         a = np.asarray(image).astype(np.uint32)
-        grey = ((a * 255 + 32767) // 65535).astype(np.uint8)  # round(v*255/65535), never a tie
+        top = int(a.max()) if a.size else 0
+        depth = stored_bit_depth(top, significant_bits)
+        full = 2**depth - 1
+        grey = ((a * 255 + full // 2) // full).astype(np.uint8)  # round(v*255/full), no tie
+        if 0 < top < (full + 1) // 4:
+            warning = f"low range: maximum {top} of {full} ({depth}-bit)"
     elif mode == "I":
         grey = _minmax(np.asarray(image))
     elif mode == "F":
@@ -281,16 +386,21 @@ def to_rgb(image: Image.Image, path="<in memory>") -> np.ndarray:
             raise ImageError(path, "non-finite pixels", f"{np.count_nonzero(~np.isfinite(a))}")
         grey = _minmax(a)
     elif mode == "RGB":
-        return np.ascontiguousarray(np.asarray(image), dtype=np.uint8)
+        rgb = np.asarray(image)
     elif mode in ("RGBX", "RGBa"):  # padding / premultiplied alpha: drop the fourth band
-        return np.ascontiguousarray(np.asarray(image)[..., :3], dtype=np.uint8)
+        rgb = np.asarray(image)[..., :3]
     elif mode in ("LA", "RGBA", "PA") or (mode == "P" and _palette_has_alpha(image)):
-        return _composite_on_black(np.asarray(image.convert("RGBA")))
+        rgb = _composite_on_black(np.asarray(image.convert("RGBA")))
     elif mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
-        return np.ascontiguousarray(np.asarray(image.convert("RGB")), dtype=np.uint8)
+        rgb = np.asarray(image.convert("RGB"))
     else:
         raise ImageError(path, "unsupported mode", f"Pillow mode {mode!r}")
-    return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2), dtype=np.uint8)
+    if grey is not None:
+        rgb = np.repeat(grey[..., None], 3, axis=2)
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if rgb.size and rgb.min() == rgb.max():
+        warning = f"flat: every pixel decodes to {rgb.flat[0]}"
+    return LoadedImage(rgb, depth, warning)
 
 
 def perceptual_hash(rgb: np.ndarray) -> str:

@@ -12,9 +12,13 @@ Rules (Cohen et al. 2020 metadata; Kermany et al. 2018 file names):
 - non-COVID: Kermany files named ``personN_virus_M.jpeg``. Patient: ``kermany-<split>:personN``
   (the same N in the Kermany train and test folders is not the same child).
 - Exact duplicates (same file sha256, or same decoded pixels under another encoding): the
-  first path (sorted) is kept, the others excluded; an image found in both classes is
-  excluded from both. The mirror has one pixel-identical pair filed under two ieee8023
+  first path (sorted) is kept, the others excluded; an image found in both classes, by file
+  hash or by pixel hash, is excluded from both (each row's detail names the other paths).
+  The mirror has one pixel-identical pair filed under two ieee8023
   patients (78 and 201), which a file-hash check alone would let leak across splits.
+- ``bit_depth`` is the depth the loader scaled the pixels by (:class:`cxr.images.LoadedImage`;
+  8 for ordinary files, 10/12/14/16 for 16-bit grey X-rays); ``warning`` is empty or says why
+  the range is implausible (a flat picture, a low range). Such images are kept and counted.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr.images import ImageError, image_info, load_rgb, perceptual_hash
+from cxr.images import ImageError, image_info, load_image, perceptual_hash
 from cxr.sources import file_hash
 
 COLUMNS = [
@@ -43,6 +47,8 @@ COLUMNS = [
     "height",
     "mode",
     "format",
+    "bit_depth",
+    "warning",
 ]
 EXCLUDED_COLUMNS = ["path", "label", "source", "patient_id", "reason", "detail"]
 NEAR_DUPLICATE_COLUMNS = ["path_a", "path_b", "distance", "same_patient", "same_label"]
@@ -72,9 +78,24 @@ def read_metadata(path) -> pd.DataFrame:
     return meta
 
 
-def _describe(path: Path, label, source, patient_id, view, finding, min_side, max_pixels):
-    """Load one image; return a manifest row, or raise ImageError."""
-    rgb = load_rgb(path, min_side=min_side, max_pixels=max_pixels)
+def describe_image(
+    path: Path, label, source, patient_id, view, finding, min_side=1, max_pixels=50_000_000
+) -> dict:
+    """Load one image through :func:`cxr.images.load_image`; return its manifest row.
+
+    Returns
+    -------
+    dict with :data:`COLUMNS`: the given fields, the file's ``sha256``, the decoded pixels'
+    ``pixel_sha256`` (sha256 of the ``(H, W, 3) uint8`` bytes) and ``phash``, the decoded
+    ``width``/``height``, the header's ``mode``/``format``, the loader's ``bit_depth`` and
+    ``warning``.
+
+    Raises
+    ------
+    ImageError (from the loader) naming the file and the reason.
+    """
+    loaded = load_image(path, min_side=min_side, max_pixels=max_pixels)
+    rgb = loaded.rgb
     info = image_info(path)
     return {
         "path": path.as_posix(),
@@ -90,6 +111,8 @@ def _describe(path: Path, label, source, patient_id, view, finding, min_side, ma
         "height": rgb.shape[0],
         "mode": info["mode"],
         "format": info["format"],
+        "bit_depth": loaded.bit_depth,
+        "warning": loaded.warning,
     }
 
 
@@ -189,15 +212,29 @@ def build_manifest(
             excluded.append(rec)
             continue
         try:
-            taken.append(_describe(min_side=min_side, max_pixels=max_pixels, **rec))
+            taken.append(describe_image(min_side=min_side, max_pixels=max_pixels, **rec))
         except ImageError as err:
             excluded.append(_exclude(rec, err.reason, str(err)))
     df = pd.DataFrame(taken, columns=COLUMNS).sort_values("path", ignore_index=True)
-    # The same image under two labels cannot be trusted for either: drop both.
-    labels_per_hash = df.groupby("sha256")["label"].transform("nunique")
-    for rec in df[labels_per_hash > 1].to_dict("records"):
-        excluded.append(_exclude(rec, "same image in both classes", rec["sha256"]))
-    df = df[labels_per_hash <= 1]
+    # The same image under two labels cannot be trusted for either: drop every copy, whether
+    # the copies share their bytes or only their pixels (another encoding of one picture).
+    both = pd.Series(False, index=df.index)
+    for key in ("sha256", "pixel_sha256"):
+        both |= df.groupby(key)["label"].transform("nunique") > 1
+    paths_by = {key: df[both].groupby(key)["path"].agg(list) for key in ("sha256", "pixel_sha256")}
+    for rec in df[both].to_dict("records"):
+        same_bytes = [p for p in paths_by["sha256"][rec["sha256"]] if p != rec["path"]]
+        same_pixels = [
+            p for p in paths_by["pixel_sha256"][rec["pixel_sha256"]]
+            if p != rec["path"] and p not in same_bytes
+        ]  # fmt: skip
+        detail = "; ".join(
+            f"{what} as {', '.join(paths)}"
+            for what, paths in (("same file bytes", same_bytes), ("same pixels", same_pixels))
+            if paths
+        )
+        excluded.append(_exclude(rec, "same image in both classes", detail))
+    df = df[~both]
     # Exact duplicates under other names (same bytes, or same decoded pixels): keep the first.
     for key, what in (("sha256", "same file bytes"), ("pixel_sha256", "same pixels")):
         dup = df.duplicated(key, keep="first")

@@ -37,6 +37,65 @@ WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/vgg1
 LOCK_NAME = "SHA256SUMS"
 
 
+#: What to do when a download fails: the README's way to a local copy.
+MIRROR_HINT = (
+    "to use a local copy instead, set `mirror:` to a folder holding the upstream layout and a "
+    "SHA256SUMS (config.yaml, or --config mirror=DIR; README: Quick start)"
+)
+
+
+class DownloadError(RuntimeError):
+    """A download that failed, said in one line: the URL, the cause, what to do.
+
+    Attributes
+    ----------
+    url : str, what was asked for.
+    cause : str, short: ``"cannot resolve host 'x'"``, ``"connection refused"``,
+        ``"HTTP 404 Not Found"``, ``"checksum mismatch (expected ..., got ...)"``, ...
+    status : int or None, the HTTP status code when the server answered with an error.
+    hint : str, what the user can do.
+
+    ``str(err)`` is ``"<url>: <cause>; <hint>"``; the original exception is ``__cause__``.
+    """
+
+    def __init__(self, url: str, cause: str, status: int | None = None, hint: str = MIRROR_HINT):
+        self.url, self.cause, self.status, self.hint = url, cause, status, hint
+        super().__init__(f"{url}: {cause}; {hint}" if hint else f"{url}: {cause}")
+
+
+def describe_download_error(exc: BaseException) -> tuple[str, int | None]:
+    """A short cause for a failed download, and the HTTP status if there was one.
+
+    Reads the exceptions pooch lets through: ``requests`` errors (the urllib3 reason inside
+    a ``ConnectionError`` tells name resolution from a refused or reset connection) and
+    pooch's ``ValueError`` for a hash mismatch.
+
+    Returns
+    -------
+    (cause, status) : str, int or None.
+    """
+    import requests
+
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        r = exc.response
+        return f"HTTP {r.status_code} {r.reason or ''}".strip(), r.status_code
+    if isinstance(exc, requests.Timeout):
+        return "timed out", None
+    if isinstance(exc, requests.ConnectionError):
+        text = str(exc)
+        host = re.search(r"host='([^']+)'", text)
+        where = f" {host.group(1)!r}" if host else ""
+        if re.search(r"NameResolution|Failed to resolve|Name or service|getaddrinfo", text):
+            return f"cannot resolve host{where} (no network or DNS?)", None
+        if re.search(r"refused", text, re.IGNORECASE):
+            return f"connection refused by{where or ' the server'}", None
+        return f"cannot connect{where}: {type(exc).__name__}", None
+    m = re.search(r"hash of downloaded file .* expected (\S+) but got (\S+?)\.", str(exc))
+    if isinstance(exc, ValueError) and m:
+        return f"checksum mismatch (expected {m.group(1)}, got {m.group(2)})", None
+    return f"{type(exc).__name__}: {exc}", None
+
+
 class ChecksumError(RuntimeError):
     """A file's checksum does not match the expected one. ``path`` names the file."""
 
@@ -153,13 +212,24 @@ def safe_extract(zip_path, out_dir, select) -> int:
 
 
 def _download(url: str, known_hash: str | None, path):
-    """Download ``url`` to ``path`` with pooch; a wrong hash means a fresh download."""
+    """Download ``url`` to ``path`` with pooch; a wrong hash means a fresh download.
+
+    Raises
+    ------
+    DownloadError naming the URL and the cause (:func:`describe_download_error`), from the
+    original exception; pooch leaves no partial or mismatching file behind.
+    """
     import pooch
+    import requests
 
     path = Path(path)
-    return pooch.retrieve(
-        url, known_hash=known_hash, fname=path.name, path=path.parent, progressbar=False
-    )
+    try:
+        return pooch.retrieve(
+            url, known_hash=known_hash, fname=path.name, path=path.parent, progressbar=False
+        )
+    except (requests.RequestException, ValueError) as exc:
+        cause, status = describe_download_error(exc)
+        raise DownloadError(url, cause, status) from exc
 
 
 def acquire_covid(out_dir, *, mirror=None, base_url: str) -> int:
@@ -167,9 +237,15 @@ def acquire_covid(out_dir, *, mirror=None, base_url: str) -> int:
 
     With ``mirror``, copies ``<mirror>/covid-chestxray-dataset/`` verified against the mirror's
     ``SHA256SUMS``. Without, downloads ``metadata.csv`` and each X-ray file it names from
-    ``base_url`` (a pinned commit); files the upstream lacks (CT volumes, files too large for
-    the repository) are skipped and later reported as missing by the manifest step. Writes
-    ``out_dir/SHA256SUMS`` (the hashes of what was fetched). Returns the number of files.
+    ``base_url`` (a pinned commit); files the upstream lacks (HTTP 404: CT volumes, files too
+    large for the repository) are skipped, one line each, and later reported as missing by the
+    manifest step. Writes ``out_dir/SHA256SUMS`` (the hashes of what was fetched). Returns the
+    number of files.
+
+    Raises
+    ------
+    DownloadError for ``metadata.csv``, or for any image that fails other than by a 404 (no
+    network, a refused connection): such a run would otherwise "succeed" with no images.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -182,8 +258,10 @@ def acquire_covid(out_dir, *, mirror=None, base_url: str) -> int:
         try:
             _download(f"{base_url}images/{fname}", None, out_dir / "images" / fname)
             n += 1
-        except Exception as err:  # noqa: BLE001 - a missing upstream file is a manifest row
-            print(f"acquire: {fname}: not downloaded ({err}); the manifest will list it as missing")
+        except DownloadError as err:
+            if err.status != 404:
+                raise
+            print(f"acquire: {err.url}: {err.cause}; the manifest will list it as missing")
     write_sums(out_dir)
     return n
 
@@ -194,6 +272,10 @@ def acquire_kermany(out_dir, *, mirror=None, url: str, sha256: str | None = None
     With ``mirror``, copies the ``personN_virus_M.jpeg`` files of ``<mirror>/chest_xray/``,
     verified. Without, downloads the archive (pooch; ``sha256`` checked if given) and extracts
     only those files, safely (:func:`safe_extract`). Returns the number of files.
+
+    Raises
+    ------
+    DownloadError naming the URL and the cause (no network, HTTP status, checksum).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -231,7 +313,8 @@ def acquire_weights(out_path, *, source=None) -> Path:
 
     Raises
     ------
-    FileNotFoundError if ``source`` does not exist; ChecksumError if the md5 differs.
+    FileNotFoundError if ``source`` does not exist; ChecksumError if the md5 differs;
+    DownloadError if Keras' download fails.
     """
     out_path = Path(out_path)
     if source is None:
@@ -241,9 +324,14 @@ def acquire_weights(out_path, *, source=None) -> Path:
         else:
             from keras.utils import get_file
 
-            source = get_file(
-                WEIGHTS_FILE, WEIGHTS_URL, cache_subdir="models", file_hash=WEIGHTS_MD5
-            )
+            try:
+                source = get_file(
+                    WEIGHTS_FILE, WEIGHTS_URL, cache_subdir="models", file_hash=WEIGHTS_MD5
+                )
+            except Exception as exc:  # keras raises a bare Exception for URL failures
+                hint = "to use a local copy instead, set `pretrained_weights:` to the .h5 file"
+                cause = str(exc).replace(f"URL fetch failure on {WEIGHTS_URL}: ", "")
+                raise DownloadError(WEIGHTS_URL, cause, hint=hint) from exc
     source = Path(source)
     if not source.is_file():
         raise FileNotFoundError(f"{source}: pretrained weights file not found")

@@ -4,6 +4,9 @@ Usage: python scripts/acquire.py {covid,kermany,weights} --out PATH [--mirror DI
 """
 
 import argparse
+import sys
+import traceback
+from pathlib import Path
 
 from cxr import sources
 
@@ -14,6 +17,12 @@ p.add_argument("--mirror", default="", help="local mirror folder with SHA256SUMS
 p.add_argument("--url", default="", help="upstream URL (base URL for covid)")
 p.add_argument("--sha256", default="", help="expected sha256 of the Kermany archive")
 p.add_argument("--weights", default="", help="local VGG19 notop .h5 to copy")
+p.add_argument(
+    "--traceback",
+    default="",
+    help="file to append the full traceback of a failed download to (default: none; the"
+    " error is one line on stderr either way)",
+)
 a = p.parse_args()
 
 
@@ -23,10 +32,19 @@ def unset(text: str) -> str | None:
 
 
 mirror = unset(a.mirror)
-if a.what == "covid":
-    n = sources.acquire_covid(a.out, mirror=mirror, base_url=a.url)
-elif a.what == "kermany":
-    n = sources.acquire_kermany(a.out, mirror=mirror, url=a.url, sha256=unset(a.sha256))
-else:
-    n = sources.acquire_weights(a.out, source=unset(a.weights))
+try:
+    if a.what == "covid":
+        n = sources.acquire_covid(a.out, mirror=mirror, base_url=a.url)
+    elif a.what == "kermany":
+        n = sources.acquire_kermany(a.out, mirror=mirror, url=a.url, sha256=unset(a.sha256))
+    else:
+        n = sources.acquire_weights(a.out, source=unset(a.weights))
+except (sources.DownloadError, sources.ChecksumError, FileNotFoundError) as err:
+    # One line that says what failed and what to do; the traceback only where asked for.
+    if a.traceback:
+        Path(a.traceback).parent.mkdir(parents=True, exist_ok=True)
+        with open(a.traceback, "a") as f:
+            traceback.print_exc(file=f)
+    print(f"acquire {a.what}: failed: {err}", file=sys.stderr)
+    sys.exit(1)
 print(f"acquire {a.what}: {n} -> {a.out}")

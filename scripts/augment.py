@@ -8,8 +8,7 @@ from PIL import Image
 
 from cxr.augment import augment_one, plan
 from cxr.images import load_rgb
-from cxr.manifest import COLUMNS, write_csv
-from cxr.sources import file_hash
+from cxr.manifest import COLUMNS, describe_image, write_csv
 
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--train", required=True, help="data/splits/train.csv")
@@ -28,20 +27,11 @@ for index, parent, seed in plan(list(covid.index), a.target, a.seed):
     path = out / f"aug_{index:05d}_{Path(parent).stem}.png"
     Image.fromarray(img).save(path)
     rec = covid.loc[parent]
-    rows.append(
-        {
-            **rec.to_dict(),
-            "path": path.as_posix(),
-            "source": "augmented",
-            "sha256": file_hash(path),
-            "width": img.shape[1],
-            "height": img.shape[0],
-            "mode": "RGB",
-            "format": "PNG",
-            "parent": parent,
-            "seed": seed,
-        }
-    )
+    # Hashes, size and depth of the augmented file itself (not its parent's): read back
+    # through the one loader, as the manifest describes every image.
+    keep = {k: rec[k] for k in ("label", "patient_id", "view", "finding")}
+    row = describe_image(path, source="augmented", **keep)
+    rows.append({**row, "parent": parent, "seed": seed})
 write_csv(pd.DataFrame(rows, columns=COLUMNS + ["parent", "seed"]), a.csv)
 n_covid, n_aug = len(covid), len(rows)
 print(f"augment: {n_covid} training COVID images + {n_aug} augmented = {n_covid + n_aug}")

@@ -37,3 +37,8 @@ print(
     f" {across_patients} across patients, {across_labels} across labels"
 )
 print(f"excluded {len(ex)}:\n{ex['reason'].value_counts().to_string()}")
+print(f"bit depths: {df['bit_depth'].value_counts().sort_index().to_dict()}")
+warned = df[df["warning"] != ""]
+print(f"images kept with a range warning: {len(warned)}")
+for rec in warned.itertuples():
+    print(f"  {rec.path}: {rec.warning}")

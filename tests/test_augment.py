@@ -1,9 +1,18 @@
-"""The imgaug recipe: seeded reproducibility and the augmentation plan."""
+"""The imgaug recipe: seeded reproducibility, the augmentation plan, the augment script."""
 
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import imagehash
 import numpy as np
+import pandas as pd
 import pytest
+from PIL import Image
 
 from cxr.augment import augment_one, image_seed, plan
+from cxr.manifest import COLUMNS, describe_image
 
 
 @pytest.fixture
@@ -41,3 +50,31 @@ def test_plan_cycles_sorted_parents_to_target():
 def test_plan_without_parents_is_an_error():
     with pytest.raises(ValueError, match="no training COVID images"):
         plan([], target=5, seed=1)
+
+
+def test_augmented_rows_carry_their_own_hashes(tmp_path):
+    # Each augmented row describes its own file: sha256 of its bytes, pixel_sha256 of its
+    # decoded pixels, phash of its grey picture; the parent is named in `parent` only.
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(2):
+        path = tmp_path / f"p{i}.png"
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(path)
+        rows.append(describe_image(path, "covid", "ieee8023", f"ieee8023:{i}", "PA", "COVID-19"))
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp_path / "train.csv", index=False)
+    script = Path(__file__).resolve().parents[1] / "scripts/augment.py"
+    cmd = [sys.executable, str(script), "--train", str(tmp_path / "train.csv")]
+    cmd += ["--images", str(tmp_path / "aug"), "--csv", str(tmp_path / "aug.csv")]
+    subprocess.run([*cmd, "--seed", "3", "--target", "5"], check=True, capture_output=True)
+    aug = pd.read_csv(tmp_path / "aug.csv", dtype={"patient_id": str})
+    assert len(aug) == 3 and list(aug.columns) == COLUMNS + ["parent", "seed"]
+    parents = pd.DataFrame(rows).set_index("path")
+    for row in aug.itertuples():
+        img = Image.open(row.path)
+        pixels = np.asarray(img.convert("RGB"))
+        assert row.sha256 == hashlib.sha256(Path(row.path).read_bytes()).hexdigest()
+        assert row.pixel_sha256 == hashlib.sha256(pixels.tobytes()).hexdigest()
+        assert row.phash == str(imagehash.phash(img.convert("L")))
+        assert row.pixel_sha256 != parents.loc[row.parent, "pixel_sha256"]
+        assert row.patient_id == parents.loc[row.parent, "patient_id"]
+        assert (row.source, row.bit_depth, row.width, row.height) == ("augmented", 8, 48, 40)

@@ -17,14 +17,17 @@ import imagehash
 import numpy as np
 import pytest
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from cxr.images import (
     REASONS,
     ImageError,
     format_mismatch,
     image_info,
+    load_image,
     load_rgb,
     perceptual_hash,
+    png_significant_bits,
     sniff_format,
     to_rgb,
 )
@@ -282,6 +285,73 @@ def test_mode_I16B_tiff_scaled_by_bit_depth(tmp_path):
 def test_mode_I16_variants_in_memory(mode, dtype):
     img = Image.frombytes(mode, (4, 2), I16_VALUES.astype(dtype).tobytes())
     np.testing.assert_array_equal(to_rgb(img)[..., 0], I16_EXPECTED)
+
+
+def _ramp16(top: int, h=64, w=80) -> np.ndarray:
+    """``(h, w) uint16`` values from 0 to ``top``, increasing in reading order."""
+    return np.linspace(0, top, h * w).round().astype(np.uint16).reshape(h, w)
+
+
+def _save16(tmp_path, values, sbit=None) -> Path:
+    info = PngInfo()
+    if sbit is not None:
+        info.add(b"sBIT", bytes([sbit]))  # grey colour type: one byte, significant bits
+    path = _save(tmp_path, "deep.png", Image.fromarray(values), "PNG", pnginfo=info)
+    assert image_info(path)["mode"] == "I;16"
+    return path
+
+
+@pytest.mark.parametrize("with_sbit", [False, True], ids=["inferred", "sBIT"])
+@pytest.mark.parametrize("bits", [10, 12, 14, 16])
+def test_16bit_png_honours_stored_bit_depth(tmp_path, bits, with_sbit):
+    # DICOM-derived X-rays store 10/12/14 bits in a 16-bit PNG: 0..2**bits-1 must span 0..255.
+    top = 2**bits - 1
+    values = _ramp16(top)
+    path = _save16(tmp_path, values, sbit=bits if with_sbit else None)
+    assert png_significant_bits(path) == (bits if with_sbit else None)
+    loaded = load_image(path)
+    grey = loaded.rgb[..., 0].astype(int)
+    assert loaded.bit_depth == bits and loaded.warning == ""
+    assert grey.max() == 255 and grey.min() == 0
+    assert (np.diff(grey.ravel()) >= 0).all()  # grey levels in the stored order
+    np.testing.assert_array_equal(grey, np.floor(values / top * 255 + 0.5))
+    # every 8-bit level is reached (no 17-level picture)
+    assert len(np.unique(grey)) == 256
+
+
+def test_sbit_wins_over_the_inferred_depth(tmp_path):
+    # 0..1000 fits in 10 bits, but sBIT says 12: scaled by 4095, and the low range is said.
+    values = _ramp16(1000)
+    loaded = load_image(_save16(tmp_path, values, sbit=12))
+    assert loaded.bit_depth == 12
+    np.testing.assert_array_equal(loaded.rgb[..., 1], np.floor(values / 4095 * 255 + 0.5))
+    assert loaded.rgb.max() == 62  # 1000 * 255 / 4095 = 62.27
+    assert loaded.warning == "low range: maximum 1000 of 4095 (12-bit)"
+    assert load_image(_save16(tmp_path, values)).bit_depth == 10  # without sBIT
+
+
+def test_sbit_with_spec_scaled_samples_uses_16_bits(tmp_path):
+    # The PNG specification scales sBIT samples up to the full depth: 12 significant bits
+    # stored as v << 4 | v >> 8 reach 65535, so the divisor stays 65535.
+    v12 = _ramp16(4095).astype(np.uint32)
+    values = ((v12 << 4) | (v12 >> 8)).astype(np.uint16)
+    loaded = load_image(_save16(tmp_path, values, sbit=12))
+    assert loaded.bit_depth == 16 and loaded.rgb.max() == 255
+    np.testing.assert_array_equal(loaded.rgb[..., 0], np.floor(values / 65535 * 255 + 0.5))
+
+
+def test_implausible_ranges_are_warned(tmp_path):
+    flat = _save(tmp_path, "flat.png", Image.new("L", (32, 32), 7), "PNG")
+    assert load_image(flat).warning == "flat: every pixel decodes to 7"
+    assert load_image(flat).bit_depth == 8
+    low = load_image(_save16(tmp_path, _ramp16(200)))  # 8-bit values in a 16-bit file
+    assert low.bit_depth == 10 and low.warning == "low range: maximum 200 of 1023 (10-bit)"
+    assert load_image(_save(tmp_path, "n.png", _noise_rgb(), "PNG")).warning == ""
+
+
+def test_png_significant_bits_of_other_files(tmp_path):
+    assert png_significant_bits(_save(tmp_path, "a.jpg", _noise_rgb(), "JPEG")) is None
+    assert png_significant_bits(_save(tmp_path, "a.png", _noise_rgb(), "PNG")) is None
 
 
 def test_mode_I_min_max_scaled(tmp_path):

@@ -107,6 +107,35 @@ def test_image_in_both_classes_is_dropped_from_both(raw):
     assert not df.path.str.endswith(("c.png", "person9_virus_9.jpeg")).any()
 
 
+def test_same_pixels_other_bytes_in_both_classes_dropped_from_both(raw):
+    covid, kermany = raw
+    # c.png's pixels saved again with another compression level, under the other class: the
+    # bytes differ, the picture does not. Neither copy may keep a label.
+    twin = kermany / "train/PNEUMONIA/person9_virus_9.jpeg"
+    Image.open(covid / "images/c.png").save(twin, format="PNG", compress_level=1)
+    assert twin.read_bytes() != (covid / "images/c.png").read_bytes()
+    df, ex = build_manifest(covid, kermany, min_side=128)
+    both = ex[ex.reason == "same image in both classes"].set_index("path")
+    c_path, twin_path = (covid / "images/c.png").as_posix(), twin.as_posix()
+    assert sorted(both.index) == sorted([c_path, twin_path])
+    assert both.loc[c_path, "detail"] == f"same pixels as {twin_path}"
+    assert both.loc[twin_path, "detail"] == f"same pixels as {c_path}"
+    assert not df.path.isin([c_path, twin_path]).any()
+    assert ex.path.isin([c_path, twin_path]).sum() == 2  # not also a "duplicate image"
+
+
+def test_manifest_records_bit_depth_and_range_warning(raw):
+    covid, kermany = raw
+    # A 12-bit X-ray in a 16-bit PNG (values 0..4095, no sBIT), and a flat 8-bit image.
+    ramp = np.linspace(0, 4095, 160 * 200).round().astype(np.uint16).reshape(200, 160)
+    Image.fromarray(ramp).save(covid / "images/b.png", format="PNG")
+    df, _ = build_manifest(covid, kermany, min_side=128)
+    rows = df.set_index(df.path.str.split("/").str[-1])
+    assert rows.loc["b.png", "bit_depth"] == 12 and rows.loc["b.png", "warning"] == ""
+    assert rows.loc["c.png", "bit_depth"] == 8  # fixture images are flat 8-bit greys
+    assert rows.loc["c.png", "warning"] == "flat: every pixel decodes to 20"
+
+
 def test_metadata_missing_column_names_it(tmp_path):
     p = tmp_path / "metadata.csv"
     pd.DataFrame(columns=["patient_id", "finding", "view", "modality", "filename"]).to_csv(p)

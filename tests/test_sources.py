@@ -2,12 +2,18 @@
 
 import hashlib
 import os
+import socket
 import stat
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
 from cxr import sources
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_mirror(root, files: dict[str, bytes], corrupt: str | None = None):
@@ -168,6 +174,91 @@ def test_download_cut_short_is_fetched_again(http_server, tmp_path):
 def test_download_with_wrong_checksum_is_refused(http_server, tmp_path):
     url, www = http_server
     (www / "a.zip").write_bytes(b"tampered")
-    with pytest.raises(ValueError, match="hash"):
+    with pytest.raises(sources.DownloadError, match="checksum mismatch"):
         sources._download(url + "a.zip", "sha256:" + "0" * 64, tmp_path / "a.zip")
     assert not (tmp_path / "a.zip").exists()
+
+
+# --- a failed download: one line naming the URL, the cause and what to do ---------------------
+
+
+def _acquire(tmp_path, *args):
+    """Run scripts/acquire.py as the rule does (stdout and stderr together, as in its log)."""
+    cmd = [sys.executable, str(REPO / "scripts/acquire.py"), *args]
+    cmd += ["--traceback", str(tmp_path / "traceback.txt")]
+    env = {**os.environ, "CXR_DOWNLOADS": str(tmp_path / "dl"), "NO_PROXY": "127.0.0.1"}
+    env["no_proxy"] = env["NO_PROXY"]
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    return proc.returncode, proc.stdout
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:  # bound, then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _one_failure_line(out: str, url: str, cause: str):
+    assert "Traceback" not in out and 'File "' not in out, out
+    failed = [line for line in out.splitlines() if "failed" in line]
+    assert len(failed) == 1, out
+    assert url in failed[0] and cause in failed[0] and "mirror:" in failed[0], failed[0]
+
+
+def test_unreachable_host_is_one_line_naming_url_and_cause(tmp_path):
+    base = f"http://127.0.0.1:{_closed_port()}/"
+    rc, out = _acquire(tmp_path, "covid", "--out", str(tmp_path / "raw"), "--url", base)
+    assert rc == 1
+    _one_failure_line(out, base + "metadata.csv", "connection refused")
+    assert "ConnectionRefusedError" in (tmp_path / "traceback.txt").read_text()
+
+
+def test_http_404_is_one_line_naming_url_and_status(http_server, tmp_path):
+    url, _ = http_server
+    out_dir = str(tmp_path / "raw")
+    rc, out = _acquire(tmp_path, "kermany", "--out", out_dir, "--url", url + "ChestXRay2017.zip")
+    assert rc == 1
+    _one_failure_line(out, url + "ChestXRay2017.zip", "HTTP 404 File not found")
+    assert "HTTPError" in (tmp_path / "traceback.txt").read_text()
+
+
+def test_checksum_mismatch_is_one_line_naming_url_and_both_hashes(http_server, tmp_path):
+    url, www = http_server
+    (www / "k.zip").write_bytes(b"not the archive")
+    got = hashlib.sha256(b"not the archive").hexdigest()
+    args = ["kermany", "--out", str(tmp_path / "raw"), "--url", url + "k.zip"]
+    rc, out = _acquire(tmp_path, *args, "--sha256", "sha256:" + "0" * 64)
+    assert rc == 1
+    _one_failure_line(
+        out, url + "k.zip", f"checksum mismatch (expected sha256:{'0' * 64}, got {got})"
+    )
+    assert not (tmp_path / "dl/ChestXRay2017.zip").exists()
+
+
+def test_covid_image_missing_upstream_is_skipped_with_its_url(http_server, tmp_path):
+    # A 404 for one image is a manifest row later (the upstream lacks some files); the rest
+    # downloads and the run succeeds.
+    url, www = http_server
+    (www / "images").mkdir()
+    (www / "metadata.csv").write_text("modality,filename\nX-ray,a.png\nX-ray,gone.png\nCT,ct.nii\n")
+    (www / "images/a.png").write_bytes(b"png bytes")
+    rc, out = _acquire(tmp_path, "covid", "--out", str(tmp_path / "raw"), "--url", url)
+    assert rc == 0, out
+    assert f"{url}images/gone.png: HTTP 404 File not found; the manifest will list it" in out
+    assert (tmp_path / "raw/images/a.png").read_bytes() == b"png bytes"
+    assert set(sources.read_sums(tmp_path / "raw/SHA256SUMS")) == {"metadata.csv", "images/a.png"}
+
+
+def test_name_resolution_cause_from_the_requests_error():
+    import requests
+
+    # The text requests 2.32 / urllib3 2 give when DNS fails (no network needed to build it).
+    err = requests.ConnectionError(
+        "HTTPSConnectionPool(host='github.com', port=443): Max retries exceeded with url: /x "
+        '(Caused by NameResolutionError("<urllib3.connection.HTTPSConnection object>: Failed '
+        "to resolve 'github.com' ([Errno -3] Temporary failure in name resolution)\"))"
+    )
+    cause, status = sources.describe_download_error(err)
+    assert (cause, status) == ("cannot resolve host 'github.com' (no network or DNS?)", None)
