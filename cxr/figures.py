@@ -275,7 +275,9 @@ def samples_figure(
     return fig
 
 
-def roc_pr_figure(roc: pd.DataFrame, pr: pd.DataFrame, metrics: dict, title: str) -> Figure:
+def roc_pr_figure(
+    roc: pd.DataFrame, pr: pd.DataFrame, metrics: dict, title: str, note: str | None = None
+) -> Figure:
     """ROC curve (left) and precision-recall curve (right), AUC with its interval in the legend.
 
     Parameters
@@ -285,6 +287,8 @@ def roc_pr_figure(roc: pd.DataFrame, pr: pd.DataFrame, metrics: dict, title: str
     metrics : an evaluation dict of :func:`cxr.metrics.evaluation_summary` (``intervals``,
         ``average_precision``, ``prevalence``, ``n``, ``n_patients``, ``confidence``).
     title : e.g. ``"model_03 on test"``.
+    note : a second title line, e.g. how many listed images did not load
+        (:func:`cxr.external.failure_note`); None: none.
     """
     fig = Figure(figsize=(10, 4.6))
     ax_roc, ax_pr = fig.subplots(1, 2)
@@ -316,7 +320,7 @@ def roc_pr_figure(roc: pd.DataFrame, pr: pd.DataFrame, metrics: dict, title: str
         ax.legend(loc="lower right" if ax is ax_roc else "lower left", fontsize=9)
     fig.suptitle(
         f"{title}: n={metrics.get('n')} images, {metrics.get('n_patients')} patients "
-        "(covid positive)"
+        "(covid positive)" + (f"\n{note}" if note else "")
     )
     return fig
 
