@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from cxr import CLASSES, LABEL_INDEX
-from cxr.metrics import clustered_bootstrap_auc, evaluation_summary, proportion_intervals
+from cxr.intervals import clustered_bootstrap_auc, proportion_intervals
+from cxr.metrics import evaluation_summary
 
 TABLE_COLUMNS = ("path", "label", "patient_id")
 ERROR_COLUMNS = ("path", "reason", "detail")

@@ -57,6 +57,7 @@ configure_threads(a.threads)
 import pandas as pd  # noqa: E402
 
 from cxr import LABEL_INDEX  # noqa: E402
+from cxr.audit_figures import p_covid_strip_figure  # noqa: E402
 from cxr.external import (  # noqa: E402
     TableError,
     failure_note,
@@ -67,7 +68,7 @@ from cxr.external import (  # noqa: E402
     score_table,
     summarise,
 )
-from cxr.figures import p_covid_strip_figure, roc_pr_figure, save_png  # noqa: E402
+from cxr.figures import roc_pr_figure, save_png  # noqa: E402
 from cxr.metrics import (  # noqa: E402
     format_interval,
     roc_pr_curves,
