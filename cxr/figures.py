@@ -317,10 +317,11 @@ def roc_pr_figure(
         ax.set_aspect("equal")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right" if ax is ax_roc else "lower left", fontsize=9)
-    fig.suptitle(
-        f"{title}: n={metrics.get('n')} images, {metrics.get('n_patients')} patients "
-        "(covid positive)" + (f"\n{note}" if note else "")
-    )
+    text = f"{title}: n={metrics.get('n')} images, {metrics.get('n_patients')} patients "
+    if note:  # two lines: from above the axes titles upwards (save_png's bbox takes it in)
+        fig.suptitle(f"{text}(covid positive)\n{note}", y=0.95, va="bottom")
+    else:
+        fig.suptitle(f"{text}(covid positive)")
     return fig
 
 
