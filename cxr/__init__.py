@@ -7,8 +7,9 @@ Modules follow the data flow, and each imports only from those before it:
 - data: sources (download / mirror, checksums) -> images (the one loader) -> manifest ->
   split -> augment -> store (preprocessed arrays)
 - model: model (VGG19 + head, stage freezing) -> train
-- evaluation: metrics (intervals, curves, calibration) -> figures -> gradcam -> audit
-  (shortcut audit) -> external (other image sets) -> model_card
+- evaluation: intervals (Wilson, patient bootstrap) -> metrics (counts, curves, calibration)
+  -> figures (training, evaluation) -> audit_figures (Grad-CAM, audit, outside the split) ->
+  gradcam -> audit (shortcut audit) -> external (other image sets) -> model_card
 - predict (the ``cxr-predict`` console script) and dag (Snakefile / dvc.yaml lockstep) use
   the modules above; cli (argument types of scripts/) uses none.
 """

@@ -5,7 +5,7 @@ Every non-COVID image of this data is a child aged 1-5 from one hospital (Kerman
 differ in size, mode and handling (72 % of the viral files are exactly 224 x 224 RGB, no COVID
 file is). A model can score well by telling those apart. This module measures it, on the same
 patient-level split the model uses, as test ROC AUC with a patient-clustered bootstrap
-interval (:func:`cxr.metrics.clustered_bootstrap_auc`):
+interval (:func:`cxr.intervals.clustered_bootstrap_auc`):
 
 (a) blind baselines, each a logistic regression (standardised features, balanced class
     weights, L2, C = 1) trained on the training split:
@@ -45,7 +45,8 @@ import numpy as np
 import pandas as pd
 
 from cxr import LABEL_INDEX
-from cxr.metrics import clustered_bootstrap_auc, format_interval
+from cxr.intervals import clustered_bootstrap_auc
+from cxr.metrics import format_interval
 
 SIZE_MODE_COLUMNS = ("width", "height", "mode")
 
@@ -145,7 +146,7 @@ def blind_baselines(
     Returns
     -------
     dict ``{thumbnail: {...}, size_mode: {...}}``, each with ``description``, ``n_train``,
-    ``n_test``, ``roc_auc`` (:func:`cxr.metrics.clustered_bootstrap_auc`) and ``p_covid``
+    ``n_test``, ``roc_auc`` (:func:`cxr.intervals.clustered_bootstrap_auc`) and ``p_covid``
     (test predictions, store / table order).
     """
     out = {}

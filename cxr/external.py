@@ -14,7 +14,9 @@ pneumonia images.
   should call them non_covid, a model that tells adults from children calls them covid.
 
 Scoring and metrics: :func:`score_table` (through :func:`cxr.predict.load_for_model`, so bad
-files are listed, not fatal) and :func:`cxr.metrics.evaluation_summary`.
+files are listed, not fatal) and :func:`cxr.metrics.evaluation_summary`. A table of which no
+file loads is refused (:func:`require_loaded`: usually paths relative to the wrong folder);
+when some do not load, :func:`failure_note` says how many, for the figure and the model card.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from cxr import CLASSES, LABEL_INDEX
-from cxr.metrics import clustered_bootstrap_auc, evaluation_summary, proportion_intervals
+from cxr.intervals import clustered_bootstrap_auc, proportion_intervals
+from cxr.metrics import evaluation_summary
 
 TABLE_COLUMNS = ("path", "label", "patient_id")
 ERROR_COLUMNS = ("path", "reason", "detail")
@@ -33,6 +36,12 @@ ERROR_COLUMNS = ("path", "reason", "detail")
 
 class TableError(ValueError):
     """A labelled-images CSV that cannot be used; the message names the file, row and column."""
+
+
+def images_root(csv_path, images=None) -> Path:
+    """The folder that relative ``path`` values of a labelled table are taken from:
+    ``images`` when given, else the CSV's own folder."""
+    return Path(images) if images else Path(csv_path).parent
 
 
 def read_labelled_table(csv_path, images=None) -> pd.DataFrame:
@@ -68,7 +77,7 @@ def read_labelled_table(csv_path, images=None) -> pd.DataFrame:
             f"{csv_path}: row {row + 2}: label {frame['label'].iloc[row]!r} is not one of "
             f"{list(CLASSES)}"
         )
-    root = Path(images) if images else csv_path.parent
+    root = images_root(csv_path, images)
     paths = [str(p if Path(p).is_absolute() else root / p) for p in frame["path"]]
     pid = frame["patient_id"] if "patient_id" in frame.columns else pd.Series([""] * len(frame))
     pid = [q if q else p for q, p in zip(pid, paths, strict=True)]
@@ -144,6 +153,45 @@ def score_table(model, table: pd.DataFrame, batch_size: int = 16):
     scored["predicted"] = np.asarray(CLASSES)[predicted_labels(p)] if len(p) else []
     scored["p_covid"] = p
     return scored, pd.DataFrame(errors, columns=list(ERROR_COLUMNS))
+
+
+def require_loaded(scored: pd.DataFrame, errors: pd.DataFrame, csv_path, images=None) -> None:
+    """Refuse a labelled table of which no listed file loaded.
+
+    Parameters
+    ----------
+    scored, errors : the two tables of :func:`score_table`.
+    csv_path, images : as given to :func:`read_labelled_table`.
+
+    Raises
+    ------
+    TableError
+        When ``scored`` is empty and ``errors`` is not, naming the CSV, the folder relative
+        paths were resolved against (:func:`images_root`), the failures by reason and the
+        first failed path.
+    """
+    if len(scored) or not len(errors):
+        return
+    first = errors.iloc[0]
+    reasons = ", ".join(f"{n} {r}" for r, n in errors["reason"].value_counts().items())
+    raise TableError(
+        f"{csv_path}: none of the {len(errors)} listed images loaded ({reasons}); relative "
+        f"paths were resolved against {images_root(csv_path, images)} (config "
+        f"external.images, default the CSV's folder); first: {first['path']} "
+        f"({first['reason']})"
+    )
+
+
+def failure_note(summary: dict) -> str | None:
+    """``"2 of 7 listed images did not load (1 missing, 1 truncated)"``, or None when every
+    listed image loaded. ``summary``: a dict of :func:`summarise` (``n_listed``,
+    ``n_failed``, ``failed_by_reason``)."""
+    if not summary.get("n_failed"):
+        return None
+    reasons = ", ".join(f"{n} {r}" for r, n in summary.get("failed_by_reason", {}).items())
+    return f"{summary['n_failed']} of {summary['n_listed']} listed images did not load" + (
+        f" ({reasons})" if reasons else ""
+    )
 
 
 def summarise(scored: pd.DataFrame, errors: pd.DataFrame, name: str, **bootstrap) -> dict:

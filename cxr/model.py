@@ -7,7 +7,8 @@ Snakefile.
 
 The model takes ``(N, S, S, 3) uint8`` RGB images (as stored by :mod:`cxr.store`) and applies
 ``keras.applications.vgg19.preprocess_input`` exactly once, in its first layer
-(:class:`VGG19Preprocess`), so callers never preprocess and a saved model is self-contained.
+(:func:`vgg19_preprocessing`, built from Keras' own layers), so callers never preprocess and a
+saved model is self-contained: plain ``keras.models.load_model`` reads it, without this package.
 Output: ``(N, 2)`` softmax over :data:`cxr.CLASSES` (column 1 = ``p_covid``).
 
 References
@@ -33,9 +34,52 @@ OUTPUT_NAME = "predictions"
 OPTIMIZERS = ("rmsprop", "sgd")
 
 
+#: ImageNet channel means in B, G, R order that ``preprocess_input`` subtracts ('caffe' mode;
+#: keras/src/applications/imagenet_utils.py; Simonyan & Zisserman 2014).
+IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+def vgg19_preprocessing(image_size: int, name: str = "vgg19_preprocess") -> keras.Model:
+    """``keras.applications.vgg19.preprocess_input`` as a small model of built-in Keras layers.
+
+    ``(N, S, S, 3)`` RGB in 0..255 (uint8) -> float32 BGR minus :data:`IMAGENET_BGR_MEAN`, no
+    scaling by 1/255: bit-identical to ``preprocess_input(x.astype("float32"))`` (the channel
+    flip only copies values; ``x * 1.0 + (-m)`` rounds exactly as ``x - m``). The flip is three
+    ``Cropping3D`` that each keep one channel (the image reshaped to ``(S, S, 3, 1)``), joined
+    in B, G, R order; the mean goes through ``Rescaling(1.0, offset=-mean)``. No weights, no
+    custom class, no ``Lambda``: a saved classifier loads with plain
+    ``keras.models.load_model`` in safe mode, without importing this package.
+
+    Parameters
+    ----------
+    image_size : int, side S (px) of the square input.
+    name : the nested model's name (the classifier's layer ``"vgg19_preprocess"``).
+
+    Returns
+    -------
+    keras.Model
+        Input ``(None, S, S, 3) uint8``; output ``(None, S, S, 3) float32``.
+    """
+    inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="rgb")
+    x = keras.layers.Reshape((image_size, image_size, 3, 1), name="channels_as_depth")(inputs)
+    keep = {"red": (0, 2), "green": (1, 1), "blue": (2, 0)}  # crop (before, after) channel axis
+    bgr = [
+        keras.layers.Cropping3D(
+            ((0, 0), (0, 0), keep[colour]), data_format="channels_last", name=colour
+        )(x)
+        for colour in ("blue", "green", "red")
+    ]
+    x = keras.layers.Concatenate(axis=3, name="bgr")(bgr)
+    x = keras.layers.Reshape((image_size, image_size, 3), name="bgr_image")(x)
+    offset = [-m for m in IMAGENET_BGR_MEAN]
+    outputs = keras.layers.Rescaling(1.0, offset=offset, name="minus_imagenet_mean")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
 @keras.saving.register_keras_serializable(package="cxr")
 class VGG19Preprocess(keras.layers.Layer):
-    """``keras.applications.vgg19.preprocess_input`` as a layer (applied once, in the model).
+    """The preprocessing layer of models saved before :func:`vgg19_preprocessing` (kept so
+    that those files still load through :func:`load_model`; new models do not use it).
 
     Casts ``(N, S, S, 3)`` RGB in 0..255 (any dtype) to float32, flips RGB to BGR and subtracts
     the ImageNet channel means ``(103.939, 116.779, 123.68)`` (B, G, R); no scaling by 1/255.
@@ -54,7 +98,8 @@ class VGG19Preprocess(keras.layers.Layer):
         return keras.KerasTensor(inputs.shape, dtype="float32")
 
 
-#: Custom objects of a saved classifier, by registered name, for ``keras.models.load_model``.
+#: Custom objects of classifiers saved before :func:`vgg19_preprocessing`, by registered name,
+#: for ``keras.models.load_model`` (models built now have none).
 CUSTOM_OBJECTS = {keras.saving.get_registered_name(VGG19Preprocess): VGG19Preprocess}
 
 
@@ -66,7 +111,7 @@ def build_model(
 ) -> keras.Model:
     """Build the classifier (uncompiled, base frozen as for stage 1).
 
-    Architecture (the seed protocol): uint8 input -> :class:`VGG19Preprocess` -> VGG19
+    Architecture (the seed protocol): uint8 input -> :func:`vgg19_preprocessing` -> VGG19
     (``include_top=False``) -> Flatten -> Dense(dense_units[0], relu, ``"dense_01"``) ->
     BatchNormalization -> Dropout(dropout[0]) -> Dense(dense_units[1], relu) ->
     Dropout(dropout[1]) -> Dense(2, softmax).
@@ -100,7 +145,7 @@ def build_model(
     if len(dense_units) != 2 or len(dropout) != 2:
         raise ValueError(f"dense_units and dropout must be pairs, got {dense_units}, {dropout}")
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
-    x = VGG19Preprocess(name="vgg19_preprocess")(inputs)
+    x = vgg19_preprocessing(image_size)(inputs)
     base = keras.applications.VGG19(
         include_top=False,
         weights=None if weights is None else str(weights),
@@ -256,8 +301,10 @@ def load_model(path) -> keras.Model:
     """Load a classifier saved as ``.keras`` (uncompiled: each stage compiles its own).
 
     Keras' safe mode is on (``safe_mode=True``, said explicitly): a file whose config holds a
-    ``Lambda`` (arbitrary Python bytecode) is refused rather than run. The one custom layer,
-    :class:`VGG19Preprocess`, is passed by its registered name (``"cxr>VGG19Preprocess"``).
+    ``Lambda`` (arbitrary Python bytecode) is refused rather than run. Models built now need
+    no custom object (``keras.models.load_model(path)`` alone reads them); the custom layer of
+    older files, :class:`VGG19Preprocess`, is passed by its registered name
+    (``"cxr>VGG19Preprocess"``).
     Only the Keras 3 zip format is read: legacy ``.h5`` / SavedModel files are refused. No
     pickle is involved (the ``.keras`` zip holds JSON config and HDF5 arrays).
     Source: https://keras.io/api/models/model_saving_apis/model_saving_and_loading/

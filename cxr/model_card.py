@@ -4,14 +4,20 @@ Sections follow Mitchell et al. (2019), Model Cards for Model Reporting (FAT* '1
 arXiv:1810.03993): intended use, model, data (sources, licenses, counts), split, metrics with
 intervals, the shortcut audit, the honesty checks, known limitations. Every number comes from
 the run's files (:func:`render` takes them already loaded); nothing is typed in by hand, so a
-rerun on other data or another config gives its own card. Pure Python / pandas; writes nothing
-(the model_card script writes the text).
+rerun on other data or another config gives its own card. Pure Python / pandas / Jinja2; writes
+nothing (the model_card script writes the text).
+
+The words are in the template ``cxr/templates/model_card.md.j2``; :func:`context` turns the
+run's tables and JSON into the template's values (numbers already formatted), one small
+function per section, and :func:`render` fills the template.
 """
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
+import jinja2
 import pandas as pd
 
 from cxr.metrics import format_interval
@@ -25,6 +31,8 @@ IEEE_CITATION = (
     "Cohen et al. (2020), COVID-19 image data collection, arXiv:2003.11597 "
     "(github.com/ieee8023/covid-chestxray-dataset)"
 )
+#: The template, inside the package (``pyproject.toml`` package-data).
+TEMPLATE = "templates/model_card.md.j2"
 INTERVAL_ROWS = (
     ("sensitivity", "Sensitivity (recall, covid)"),
     ("specificity", "Specificity (recall, non_covid)"),
@@ -35,7 +43,9 @@ INTERVAL_ROWS = (
 )
 
 
-def _table(header: list[str], rows: list[list]) -> str:
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table (header, ``|---|`` line, one line per row; cells by ``str``), without
+    a final newline; the template's ``table``."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -87,7 +97,136 @@ def split_counts(splits: dict[str, pd.DataFrame]) -> list[list]:
     return rows
 
 
-def render(
+def data_context(
+    manifest: pd.DataFrame,
+    excluded: pd.DataFrame,
+    metadata: pd.DataFrame | None,
+    splits: dict[str, pd.DataFrame],
+    n_augmented: int,
+) -> dict:
+    """Sections Data and Split: per class usable and split images (patients), images per
+    source and license, exclusions by reason, per split counts, augmented images."""
+    in_split = pd.concat(list(splits.values()), ignore_index=True)
+    class_rows = []
+    for label in ("covid", "non_covid"):
+        usable = manifest[manifest["label"] == label]
+        taken = in_split[in_split["label"] == label]
+        class_rows.append(
+            [
+                label,
+                f"{len(usable)} ({usable['patient_id'].nunique()})",
+                f"{len(taken)} ({taken['patient_id'].nunique()})",
+            ]
+        )
+    reasons = excluded["reason"].value_counts()
+    return {
+        "ieee_citation": IEEE_CITATION,
+        "kermany_citation": KERMANY_CITATION,
+        "kermany_license": KERMANY_LICENSE,
+        "class_rows": class_rows,
+        "license_rows": license_counts(in_split, metadata).values.tolist(),
+        "n_excluded": len(excluded),
+        "excluded_reasons": ", ".join(f"{n} {r}" for r, n in reasons.items()),
+        "split_rows": split_counts(splits),
+        "n_augmented": n_augmented,
+    }
+
+
+def interval_rows(intervals: dict) -> list[list[str]]:
+    """``[name, "0.750 [0.301, 0.954]", "3 / 4"]`` per :data:`INTERVAL_ROWS` entry."""
+    return [
+        [name, format_interval(intervals[k]), _basis(intervals[k])] for k, name in INTERVAL_ROWS
+    ]
+
+
+def metrics_context(metrics: dict[str, dict]) -> dict:
+    """Section Metrics: the test table (intervals, calibration error, Brier score) and one
+    validation row per other evaluation, in the order given; ``level`` e.g. ``"95%"``."""
+    test = metrics["model_03_test"]
+    cal = test["calibration"]
+    test_rows = interval_rows(test["intervals"])
+    test_rows.append(["Expected calibration error", f"{cal['ece']:.3f}", f"{cal['n_bins']} bins"])
+    test_rows.append(["Brier score", f"{cal['brier']:.3f}", f"{test['n']} images"])
+    keys = ("accuracy", "sensitivity", "specificity", "roc_auc")
+    validation_rows = [
+        [name, *(format_interval(m["intervals"][k]) for k in keys)]
+        for name, m in metrics.items()
+        if name != "model_03_test"
+    ]
+    return {
+        "level": f"{test.get('confidence', 0.95):.0%}",
+        "test_rows": test_rows,
+        "validation_rows": validation_rows,
+    }
+
+
+def audit_context(audit: dict, gradcam: dict) -> dict:
+    """Section Shortcut audit: one row per check (flagged ones marked), its warnings, and the
+    Grad-CAM heat in the lung box (None when the run measured none)."""
+    rows = [
+        [
+            e["name"],
+            e.get("description", ""),
+            format_interval(e["roc_auc"]),
+            "**WARNING**" if e.get("flagged") else "",
+        ]
+        for e in audit["entries"]
+    ]
+    heat = None
+    if gradcam.get("mean_heat_in_box") is not None:
+        x0, y0, x1, y1 = gradcam["lung_box"]
+        heat = {
+            "n_images": gradcam["n_images"],
+            "mean_heat_in_box": f"{gradcam['mean_heat_in_box']:.0%}",
+            "x0": x0,
+            "x1": x1,
+            "y0": y0,
+            "y1": y1,
+            "box_area_fraction": f"{gradcam['box_area_fraction']:.0%}",
+        }
+    return {
+        "warnings": audit.get("warnings", []),
+        "warn_auc": audit["warn_auc"],
+        "audit_rows": rows,
+        "gradcam": heat,
+    }
+
+
+def viral_context(viral: dict) -> dict:
+    """Section Honesty check (``reports/external/ieee8023_viral.json``): None when no image
+    was scored; ``viral_failed``, the listed images that did not load."""
+    out = {"viral": None, "viral_failed": viral.get("n_failed")}
+    if viral.get("n"):
+        spec = viral["intervals"]["specificity"]
+        out["viral"] = {
+            "n": viral["n"],
+            "findings": ", ".join(f"{k}: {v['n']}" for k, v in viral["per_finding"].items()),
+            "specificity": format_interval(spec),
+            "specificity_basis": _basis(spec),
+            "p_covid_mean": f"{viral['p_covid_mean']:.3f}",
+            "children_specificity": format_interval(viral["test_non_covid_specificity"]),
+            "auc": format_interval(viral.get("auc_test_covid_vs_these")),
+        }
+    return out
+
+
+def external_context(external: dict | None) -> dict:
+    """Section External test: None when none is configured, else its name, counts and (when
+    images were scored) the interval table."""
+    if external is None:
+        return {"external": None}
+    n = external.get("n") or 0
+    return {
+        "external": {
+            "name": external["name"],
+            "n": n,
+            "n_failed": external["n_failed"],
+            "rows": interval_rows(external["intervals"]) if n else [],
+        }
+    }
+
+
+def context(
     *,
     manifest: pd.DataFrame,
     excluded: pd.DataFrame,
@@ -101,11 +240,38 @@ def render(
     viral: dict,
     external: dict | None,
     image_size: int,
-) -> str:
+) -> dict:
+    """Every value the template uses, formatted; parameters as :func:`render`."""
+    return {
+        "image_size": image_size,
+        "epochs": ", ".join(f"{s}: {len(h)}" for s, h in histories.items()),
+        **data_context(manifest, excluded, metadata, splits, n_augmented),
+        **metrics_context(metrics),
+        **audit_context(audit, gradcam),
+        **viral_context(viral),
+        **external_context(external),
+    }
+
+
+def template() -> jinja2.Template:
+    """The card's Jinja2 template. Undefined names are errors (``StrictUndefined``); no HTML
+    escaping (the card is Markdown, and every value comes from the run's own files)."""
+    env = jinja2.Environment(
+        autoescape=False,  # Markdown, not HTML
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.globals["table"] = markdown_table
+    return env.from_string(files("cxr").joinpath(TEMPLATE).read_text(encoding="utf-8"))
+
+
+def render(**inputs) -> str:
     """The model card as Markdown.
 
-    Parameters
-    ----------
+    Parameters (keyword only)
+    -------------------------
     manifest, excluded : ``data/interim/manifest.csv`` and ``excluded.csv``.
     metadata : the raw ieee8023 ``metadata.csv`` (licenses), or None.
     splits : ``{"train": ..., "val": ..., "test": ...}`` split tables.
@@ -116,212 +282,12 @@ def render(
     viral : ``reports/external/ieee8023_viral.json``; external : the external test's JSON or
         None when none is configured.
     image_size : the model's input side, pixels.
+
+    Raises
+    ------
+    TypeError
+        A missing or unknown parameter (from :func:`context`).
+    KeyError, jinja2.UndefinedError
+        An input without a key the card needs (e.g. ``model_03_test`` in ``metrics``).
     """
-    test = metrics["model_03_test"]
-    level = f"{test.get('confidence', 0.95):.0%}"
-    out = []
-    add = out.append
-    add("# Model card: VGG19 COVID-19 vs non-COVID viral pneumonia classifier (model_03)\n")
-    add(
-        "_Generated by the pipeline (rule `model_card`) from this run's outputs; every number "
-        "below was measured in this run. Do not edit by hand._\n"
-    )
-    add(
-        "> **Not a diagnostic tool.** This model was built to rebuild, audit and teach a "
-        "published kind of classifier. Its training data has known confounds (below): a high "
-        "score on it does not show that the model reads lungs. Do not use it on patients.\n"
-    )
-    warnings = audit.get("warnings", [])
-    if warnings:
-        add("> **Shortcut audit warnings (this run):**")
-        for w in warnings:
-            add(f"> - {w}")
-        add("")
-
-    add("## Intended use\n")
-    add(
-        "- **Intended:** research on and teaching of evaluation practice and shortcut "
-        "learning in medical imaging; reproducing the 2020 transfer-learning protocol "
-        "(VGG19, three fine-tuning stages) end to end.\n"
-        "- **Out of scope:** any clinical use (diagnosis, triage, screening, prioritisation), "
-        "any decision about a person, and any population or image source other than the two "
-        "described here. The model has never been validated prospectively or on an "
-        "independent clinical cohort.\n"
-    )
-
-    add("## Model\n")
-    epochs = ", ".join(f"{s}: {len(h)}" for s, h in histories.items())
-    add(
-        f"- Architecture: VGG19 convolutional base (ImageNet weights; Simonyan & Zisserman "
-        f"2014, CC BY) with a dense head, input {image_size} x {image_size} RGB (aspect not "
-        f"kept), output p_covid (softmax); called covid when p_covid > 0.5.\n"
-        f"- Training: three stages (model_01 head only; model_02 block 5; model_03 blocks "
-        f"4-5), epochs run per stage: {epochs}. model_03 is the model evaluated here.\n"
-    )
-
-    add("## Data\n")
-    add(
-        f"- COVID-19: {IEEE_CITATION}; frontal X-rays (PA, AP, AP Supine), adults, from many "
-        f"hospitals and papers; license per image.\n"
-        f"- Non-COVID viral pneumonia: {KERMANY_CITATION}; children aged 1-5, one hospital "
-        f"(Guangzhou); {KERMANY_LICENSE}.\n"
-    )
-    in_split = pd.concat(list(splits.values()), ignore_index=True)
-    rows = []
-    for label in ("covid", "non_covid"):
-        usable = manifest[manifest["label"] == label]
-        taken = in_split[in_split["label"] == label]
-        rows.append(
-            [
-                label,
-                f"{len(usable)} ({usable['patient_id'].nunique()})",
-                f"{len(taken)} ({taken['patient_id'].nunique()})",
-            ]
-        )
-    add(
-        _table(["class", "usable images (patients)", "in the split (patients)"], rows)
-        + "\n\n'Usable' is the manifest (every image that passed the checks); the split may "
-        "draw fewer (config `split.max_per_class`).\n"
-    )
-    add("Images in the split per source and license:\n")
-    lic = license_counts(in_split, metadata)
-    add(_table(["source", "license", "images"], lic.values.tolist()) + "\n")
-    reasons = excluded["reason"].value_counts()
-    add(
-        f"Excluded: {len(excluded)} files, each with its reason in `data/interim/excluded.csv`"
-        f" ({', '.join(f'{n} {r}' for r, n in reasons.items())}).\n"
-    )
-
-    add("## Split\n")
-    add(
-        "By patient, never by image (several images of one patient stay in one split); the "
-        "test split was set aside first. Images (patients):\n"
-    )
-    add(
-        _table(["split", "covid", "non_covid", "total"], split_counts(splits))
-        + f"\n\n{n_augmented} augmented COVID images (imgaug recipe) were added to the training "
-        "split, all made from training patients' images.\n"
-    )
-
-    add(f"## Metrics (model_03 on the test split, {level} intervals)\n")
-    add(
-        "Proportions: Wilson score intervals. ROC AUC: patient-clustered, class-stratified "
-        "percentile bootstrap (patients resampled, not images). The test split is balanced by "
-        "design, so PPV and NPV do not carry over to any clinical prevalence.\n"
-    )
-    rows = []
-    for key, name in INTERVAL_ROWS:
-        entry = test["intervals"][key]
-        rows.append([name, format_interval(entry), _basis(entry)])
-    cal = test["calibration"]
-    rows.append(["Expected calibration error", f"{cal['ece']:.3f}", f"{cal['n_bins']} bins"])
-    rows.append(["Brier score", f"{cal['brier']:.3f}", f"{test['n']} images"])
-    add(_table(["metric", f"estimate [{level} interval]", "basis"], rows) + "\n")
-    add("Validation, per stage (model selection was made on validation only):\n")
-    vrows = []
-    for key, m in metrics.items():
-        if key == "model_03_test":
-            continue
-        iv = m["intervals"]
-        vrows.append(
-            [
-                key,
-                format_interval(iv["accuracy"]),
-                format_interval(iv["sensitivity"]),
-                format_interval(iv["specificity"]),
-                format_interval(iv["roc_auc"]),
-            ]
-        )
-    add(_table(["evaluation", "accuracy", "sensitivity", "specificity", "ROC AUC"], vrows) + "\n")
-
-    add("## Shortcut audit\n")
-    add(
-        "How much of the task can be solved without looking at lungs (test ROC AUC, "
-        f"{level} patient bootstrap intervals; warning level {audit['warn_auc']}):\n"
-    )
-    arows = [
-        [
-            e["name"],
-            e.get("description", ""),
-            format_interval(e["roc_auc"]),
-            "**WARNING**" if e.get("flagged") else "",
-        ]
-        for e in audit["entries"]
-    ]
-    add(_table(["check", "what", "test ROC AUC", ""], arows) + "\n")
-    gc_mean = gradcam.get("mean_heat_in_box")
-    if gc_mean is not None:
-        add(
-            f"Grad-CAM (block5_conv4, predicted class) over all {gradcam['n_images']} test "
-            f"images: on average {gc_mean:.0%} of the heat lies in the central lung box "
-            f"(x {gradcam['lung_box'][0]}-{gradcam['lung_box'][2]}, y "
-            f"{gradcam['lung_box'][1]}-{gradcam['lung_box'][3]} of width and height), which "
-            f"covers {gradcam['box_area_fraction']:.0%} of the image (what uniform heat would "
-            "give). The box is a crude stand-in for lung masks, which the data lacks.\n"
-        )
-    if warnings:
-        add("Warnings:\n")
-        add("\n".join(f"- {w}" for w in warnings) + "\n")
-    else:
-        add("No value reached the warning level.\n")
-
-    add("## Honesty check: adult non-COVID viral pneumonia (ieee8023)\n")
-    if viral.get("n"):
-        spec = viral["intervals"]["specificity"]
-        kids = viral["test_non_covid_specificity"]
-        auc = viral.get("auc_test_covid_vs_these")
-        findings = ", ".join(f"{k}: {v['n']}" for k, v in viral["per_finding"].items())
-        add(
-            f"{viral['n']} frontal X-rays of adults with other viral pneumonias "
-            f"({findings}), from "
-            "the same collection as the COVID images. All are non-COVID.\n\n"
-            f"- Specificity on them: {format_interval(spec)} ({_basis(spec)} called non_covid); "
-            f"mean p_covid {viral['p_covid_mean']:.3f}.\n"
-            f"- For comparison, specificity on the test split's non-COVID images (Kermany "
-            f"children): {format_interval(kids)}.\n"
-            f"- ROC AUC, test COVID images vs these adults: {format_interval(auc)}.\n\n"
-            "A model that had learned COVID-19 rather than 'adult vs child' would keep its "
-            "specificity here; a drop means the test score rests on the population confound.\n"
-        )
-    else:
-        add("No such images could be scored in this run.\n")
-    if viral.get("n_failed"):
-        add(f"{viral['n_failed']} listed images did not load (see the errors table).\n")
-
-    add("## External test\n")
-    if external is None:
-        add("None configured (`external.metadata` in config.yaml is null).\n")
-    elif not external.get("n"):
-        add(f"{external['name']}: no image could be scored ({external['n_failed']} failed).\n")
-    else:
-        iv = external["intervals"]
-        add(
-            _table(
-                ["metric", f"estimate [{level} interval]", "basis"],
-                [[name, format_interval(iv[k]), _basis(iv[k])] for k, name in INTERVAL_ROWS],
-            )
-            + f"\n\n{external['name']}: {external['n']} images scored, "
-            f"{external['n_failed']} failed.\n"
-        )
-
-    add("## Known limitations\n")
-    add(
-        "- **Confounded classes.** Every non-COVID image is a child aged 1-5 from one hospital; "
-        "every COVID image an adult from many sources, often a figure cut out of a paper. Age, "
-        "hospital, exposure, framing and file handling all separate the classes (see the "
-        "shortcut audit). Test scores on this split measure that separability, not COVID-19 "
-        "detection (Roberts et al. 2021; DeGrave et al. 2021).\n"
-        "- **Small test set.** Read the intervals, not the point values.\n"
-        "- **Several images per patient.** The split is by patient and the AUC interval "
-        "resamples patients; image-level intervals would be too narrow.\n"
-        "- **Labels** come from the collections' metadata (the ieee8023 finding, the Kermany "
-        "folder), not from a re-read by radiologists; the COVID images include figures from "
-        "publications, i.e. selected, cropped and re-encoded images.\n"
-        "- **Calibration** was measured on a balanced split: p_covid is not a probability for "
-        "any clinical population.\n"
-        "- **Grad-CAM** is a coarse (block 5) saliency map, and the lung box a fixed rectangle: "
-        "heat in the box is not evidence that the model reads lung pathology.\n"
-        "- **No external clinical validation**, no prospective evaluation, no subgroup analysis "
-        "(sex, age within adults, device) beyond the checks above.\n"
-    )
-    return "\n".join(out).rstrip() + "\n"
+    return template().render(context(**inputs)).rstrip() + "\n"

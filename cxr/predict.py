@@ -103,7 +103,7 @@ def write_overlay(path, heat: np.ndarray) -> Path:
     """Write ``<path>.gradcam.png`` (``x.jpg`` -> ``x.gradcam.png``): heat over the image."""
     from PIL import Image
 
-    from cxr.figures import overlay_heatmap
+    from cxr.audit_figures import overlay_heatmap
     from cxr.images import load_rgb
 
     path = Path(path)

@@ -9,11 +9,15 @@ Entry point shared by Snakemake and DVC; options named like the config keys (sec
 - ``table``: any labelled folder, --metadata CSV ``path,label[,patient_id]`` (paths relative to
   --images, default the CSV's folder); figure: ROC and precision-recall curves.
 
-Files that do not load are listed in --errors (path, reason, detail), never fatal. Writes only
---metrics (JSON), --predictions, --errors (CSV) and --figure (PNG).
+Files that do not load are listed in --errors (path, reason, detail); how many is said in the
+figure's title. In table mode, a CSV of which no listed file loads is refused (exit 1, naming
+the CSV, the folder its relative paths were resolved against and the first failed path) and
+nothing is written. Writes only --metrics (JSON), --predictions, --errors (CSV) and --figure
+(PNG).
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 p = argparse.ArgumentParser(description=__doc__)
@@ -53,14 +57,18 @@ configure_threads(a.threads)
 import pandas as pd  # noqa: E402
 
 from cxr import LABEL_INDEX  # noqa: E402
+from cxr.audit_figures import p_covid_strip_figure  # noqa: E402
 from cxr.external import (  # noqa: E402
+    TableError,
+    failure_note,
     ieee8023_viral_summary,
     ieee8023_viral_table,
     read_labelled_table,
+    require_loaded,
     score_table,
     summarise,
 )
-from cxr.figures import p_covid_strip_figure, roc_pr_figure, save_png  # noqa: E402
+from cxr.figures import roc_pr_figure, save_png  # noqa: E402
 from cxr.metrics import (  # noqa: E402
     format_interval,
     roc_pr_curves,
@@ -90,6 +98,7 @@ if a.mode == "ieee8023":
     test = pd.read_csv(a.test_predictions, dtype={"patient_id": str, "path": str})
     metrics = ieee8023_viral_summary(scored, errors, test, **bootstrap)
     spec = metrics.get("intervals", {}).get("specificity")
+    note = failure_note(metrics)
     fig = p_covid_strip_figure(
         {
             "test covid\n(ieee8023 adults)": test.loc[test["label"] == "covid", "p_covid"],
@@ -99,17 +108,20 @@ if a.mode == "ieee8023":
         "model_03: p_covid of adult non-COVID viral pneumonia (ieee8023)",
         f"specificity on them {format_interval(spec)}; on test children "
         f"{format_interval(metrics['test_non_covid_specificity'])}; AUC test covid vs them "
-        f"{format_interval(metrics['auc_test_covid_vs_these'])}",
+        f"{format_interval(metrics['auc_test_covid_vs_these'])}" + (f"; {note}" if note else ""),
     )
 else:
-    table = read_labelled_table(a.metadata, a.images)
-    scored, errors = score_table(model, table, a.batch_size)
+    try:
+        table = read_labelled_table(a.metadata, a.images)
+        scored, errors = score_table(model, table, a.batch_size)
+        require_loaded(scored, errors, a.metadata, a.images)
+    except TableError as err:
+        sys.exit(f"ERROR: {err}")
     metrics = summarise(scored, errors, str(a.metadata), **bootstrap)
-    if len(scored):
-        roc, pr = roc_pr_curves(scored["label"].map(LABEL_INDEX), scored["p_covid"])
-    else:
-        roc, pr = roc_pr_curves([0], [0.0])
-    fig = roc_pr_figure(roc, pr, metrics, f"model_03 on {Path(a.metadata).name}")
+    roc, pr = roc_pr_curves(scored["label"].map(LABEL_INDEX), scored["p_covid"])
+    fig = roc_pr_figure(
+        roc, pr, metrics, f"model_03 on {Path(a.metadata).name}", failure_note(metrics)
+    )
 metrics["model"] = Path(a.model).stem
 write_json(metrics, a.metrics)
 write_table(scored, a.predictions)

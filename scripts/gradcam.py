@@ -33,7 +33,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cxr import CLASSES  # noqa: E402
-from cxr.figures import gradcam_grid_figure, save_png  # noqa: E402
+from cxr.audit_figures import gradcam_grid_figure  # noqa: E402
+from cxr.figures import save_png  # noqa: E402
 from cxr.gradcam import box_area, check_box, gradcam, heat_fraction, pick_sample  # noqa: E402
 from cxr.metrics import predicted_labels, write_json, write_table  # noqa: E402
 from cxr.model import load_model  # noqa: E402

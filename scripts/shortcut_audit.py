@@ -21,7 +21,8 @@ p.add_argument("--dpi", type=int, required=True)
 a = p.parse_args()
 
 from cxr.audit import shortcut_audit  # noqa: E402
-from cxr.figures import audit_figure, save_png  # noqa: E402
+from cxr.audit_figures import audit_figure  # noqa: E402
+from cxr.figures import save_png  # noqa: E402
 from cxr.metrics import format_interval, write_json  # noqa: E402
 
 

@@ -1,5 +1,9 @@
 """cxr.external: labelled tables, the ieee8023 adult viral selection (on the real metadata), and
-scoring with failures listed rather than fatal (a stand-in model, no TensorFlow)."""
+scoring with failures listed rather than fatal (a stand-in model, no TensorFlow), except a table
+of which nothing loads (refused, also by the script, with a tiny real model)."""
+
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -8,9 +12,11 @@ from PIL import Image
 
 from cxr.external import (
     TableError,
+    failure_note,
     ieee8023_viral_summary,
     ieee8023_viral_table,
     read_labelled_table,
+    require_loaded,
     score_table,
     summarise,
 )
@@ -138,3 +144,73 @@ def test_ieee8023_viral_summary_by_hand():
     assert auc["estimate"] == pytest.approx(6 / 8) and auc["n_patients"] == 5
     assert auc["lower"] <= auc["estimate"] <= auc["upper"]
     assert out["p_covid_mean"] == pytest.approx(0.5)
+
+
+def test_failed_images_are_counted_for_the_figure_and_card(tmp_path):
+    summary = {"n_listed": 7, "n_failed": 2, "failed_by_reason": {"missing": 1, "truncated": 1}}
+    assert failure_note(summary) == "2 of 7 listed images did not load (1 missing, 1 truncated)"
+    assert failure_note({"n_listed": 7, "n_failed": 0, "failed_by_reason": {}}) is None
+    from cxr.figures import roc_pr_figure
+    from cxr.metrics import roc_pr_curves
+
+    roc, pr = roc_pr_curves([0, 1, 1], [0.2, 0.7, 0.9])
+    metrics = {"n": 5, "n_patients": 5, "intervals": {}, **summary}
+    fig = roc_pr_figure(roc, pr, metrics, "model_03 on x.csv", failure_note(metrics))
+    assert fig.get_suptitle().splitlines() == [
+        "model_03 on x.csv: n=5 images, 5 patients (covid positive)",
+        "2 of 7 listed images did not load (1 missing, 1 truncated)",
+    ]
+
+
+def test_a_table_where_nothing_loads_is_refused(tmp_path):
+    (tmp_path / "t.csv").write_text("path,label\nimgs/a.png,covid\nimgs/b.png,non_covid\n")
+    table = read_labelled_table(tmp_path / "t.csv")
+    scored, errors = score_table(FakeModel(), table)
+    assert len(scored) == 0 and errors["reason"].tolist() == ["missing", "missing"]
+    with pytest.raises(TableError) as err:
+        require_loaded(scored, errors, tmp_path / "t.csv")
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 't.csv'}: none of the 2 listed images loaded")
+    assert f"resolved against {tmp_path} " in message
+    assert f"first: {tmp_path / 'imgs' / 'a.png'} (missing)" in message
+    with pytest.raises(TableError, match=f"resolved against {tmp_path / 'elsewhere'} "):
+        require_loaded(scored, errors, tmp_path / "t.csv", tmp_path / "elsewhere")
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "imgs" / "a.png")
+    scored, errors = score_table(FakeModel(), table)
+    require_loaded(scored, errors, tmp_path / "t.csv")  # one of two loads: accepted
+    assert len(scored) == 1 and len(errors) == 1
+
+
+@pytest.mark.slow
+def test_script_fails_when_no_listed_file_loads(tmp_path):
+    """The rule's script on a CSV whose paths all miss: exit 1, the message, no outputs."""
+    keras = pytest.importorskip("keras")
+    from cxr.model import build_model
+
+    from .conftest import REPO
+
+    keras.utils.set_random_seed(0)
+    model = tmp_path / "model_03.keras"
+    build_model(32, dense_units=(4, 4)).save(model)
+    csv = tmp_path / "labels" / "labels.csv"
+    csv.parent.mkdir()
+    csv.write_text("path,label\nx1.png,covid\nx2.png,non_covid\n")
+    out = {k: tmp_path / f"out.{k}" for k in ("json", "csv", "errors", "png")}
+    args = ["table", "--model", str(model), "--metadata", str(csv)]
+    args += ["--metrics", str(out["json"]), "--predictions", str(out["csv"])]
+    args += ["--errors", str(out["errors"]), "--figure", str(out["png"]), "--batch_size", "2"]
+    args += ["--bootstrap_resamples", "10", "--bootstrap_seed", "0", "--confidence", "0.95"]
+    args += ["--calibration_bins", "5", "--dpi", "50"]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts/external.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ERROR: {csv}: none of the 2 listed images loaded (2 missing)")
+    assert f"resolved against {csv.parent} " in last
+    assert f"first: {csv.parent / 'x1.png'} (missing)" in last
+    assert not any(p.exists() for p in out.values())

@@ -1,4 +1,5 @@
-"""Intervals, bootstrap, calibration and curves of cxr.metrics against values worked by hand.
+"""Intervals and bootstrap of cxr.intervals, calibration and curves of cxr.metrics, against values
+worked by hand.
 
 Wilson: p~ = (k + z^2/2) / (n + z^2), half-width z sqrt(n p (1 - p) + z^2 / 4) / (n + z^2).
 Bootstrap: a tiny set whose resampling distribution is enumerated exactly, the Hanley-McNeil
@@ -12,16 +13,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr.metrics import (
+from cxr.intervals import (
     bootstrap_aucs,
-    calibration,
     clustered_bootstrap_auc,
+    proportion_intervals,
+    wilson_interval,
+)
+from cxr.metrics import (
+    calibration,
     compute_metrics,
     evaluation_summary,
     format_interval,
-    proportion_intervals,
     roc_pr_curves,
-    wilson_interval,
     write_calibration,
     write_curves,
     write_metrics,

@@ -59,6 +59,20 @@ def test_preprocess_layer_is_bgr_minus_mean_without_scaling(model, images):
     )
 
 
+@pytest.mark.parametrize("size", [32, 40])
+def test_preprocessing_is_bit_identical_to_keras_preprocess_input(size):
+    """Every uint8 value in every channel, against Keras' own function ('caffe' mode)."""
+    keras.utils.set_random_seed(0)
+    layer = build_model(size).get_layer("vgg19_preprocess")
+    x = np.random.default_rng(size).integers(0, 256, (4, size, size, 3), dtype=np.uint8)
+    x[0].reshape(-1, 3)[:256] = np.arange(256, dtype=np.uint8)[:, None]  # all 256 values
+    expected = keras.applications.vgg19.preprocess_input(x.astype(np.float32))
+    got = np.asarray(layer(x))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, reference_preprocess(x))
+
+
 def test_model_preprocesses_exactly_once(model, images):
     base = base_of(model)
     features = keras.Model(model.input, model.get_layer("flatten").input)
@@ -193,6 +207,42 @@ def test_saved_model_loads_with_same_outputs(model, images, tmp_path):
     )
     with pytest.raises(FileNotFoundError):
         load_model(tmp_path / "missing.keras")
+
+
+@pytest.mark.slow
+def test_saved_model_loads_with_plain_keras_in_a_fresh_process(model, images, tmp_path):
+    """A user's own script: ``keras.models.load_model`` alone, cxr never imported."""
+    import subprocess
+    import sys
+
+    path, x, out = tmp_path / "m.keras", tmp_path / "x.npy", tmp_path / "p.npy"
+    model.save(path)
+    np.save(x, images)
+    code = (
+        "import sys, numpy as np, keras\n"
+        f"m = keras.models.load_model({str(path)!r})\n"
+        f"np.save({str(out)!r}, m.predict(np.load({str(x)!r}), verbose=0))\n"
+        "assert not [k for k in sys.modules if k.split('.')[0] == 'cxr'], 'cxr was imported'\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    np.testing.assert_array_equal(np.load(out), model.predict(images, verbose=0))
+
+
+def test_models_saved_with_the_old_custom_layer_still_load(images, tmp_path):
+    """Files written before the built-in layers (``cxr>VGG19Preprocess``) load through
+    cxr.model.load_model, with the same preprocessing."""
+    from cxr.model import VGG19Preprocess
+
+    inputs = keras.Input((32, 32, 3), dtype="uint8")
+    outputs = VGG19Preprocess(name="vgg19_preprocess")(inputs)
+    path = tmp_path / "old.keras"
+    keras.Model(inputs, outputs).save(path)
+    again = load_model(path)
+    assert type(again.get_layer("vgg19_preprocess")) is VGG19Preprocess
+    np.testing.assert_array_equal(again.predict(images, verbose=0), reference_preprocess(images))
 
 
 def test_build_model_refuses_too_small_input():
