@@ -11,6 +11,19 @@ Rules (Cohen et al. 2020 metadata; Kermany et al. 2018 file names):
   Patient: ``ieee8023:<patientid>``.
 - non-COVID: Kermany files named ``personN_virus_M.jpeg``. Patient: ``kermany-<split>:personN``
   (the same N in the Kermany train and test folders is not the same child).
+- non-COVID, only when an NIH folder is given (:func:`nih_candidates`; the adult controls of
+  ``docs/protocols.md``): the NIH ChestX-ray8 files ``{No_findings,Pneumonia}/<8-digit patient
+  id>_<3-digit follow-up>.png``, joined by file name to ``Data_Entry_2017_v2020.csv.gz``.
+  Patient: ``nih:<Patient ID>`` (one id for a patient's images in both folders); ``finding``
+  from the folder (``No Finding`` / ``Pneumonia``), ``labels`` the NIH ``Finding Labels``.
+  Files not in the metadata, whose patient id disagrees with it, or whose folder the NIH labels
+  contradict are excluded with that reason.
+- Age and sex (columns ``age, age_low, age_high, sex``): ``age`` in years where the source
+  gives one per image (ieee8023 ``age``, NIH ``Patient Age``), else empty. ``age_low`` /
+  ``age_high`` bound it: both equal ``age`` where known; for Kermany, per-image ages are not
+  published, only the cohort's: children aged one to five (:data:`KERMANY_AGE_RANGE`), so
+  Kermany rows have an empty ``age`` and ``age_low, age_high = 1, 5``. No bound: both empty.
+  ``sex`` is ``M`` / ``F`` where the source says, else empty.
 - Exact duplicates (same file sha256, or same decoded pixels under another encoding): the
   first path (sorted) is kept, the others excluded; an image found in both classes, by file
   hash or by pixel hash, is excluded from both (each row's detail names the other paths).
@@ -40,6 +53,11 @@ COLUMNS = [
     "patient_id",
     "view",
     "finding",
+    "labels",
+    "age",
+    "age_low",
+    "age_high",
+    "sex",
     "sha256",
     "pixel_sha256",
     "phash",
@@ -55,14 +73,37 @@ NEAR_DUPLICATE_COLUMNS = ["path_a", "path_b", "distance", "same_patient", "same_
 #: Columns ``metadata.csv`` must have (upstream spelling).
 REQUIRED_METADATA = ("patientid", "finding", "view", "modality", "filename")
 KERMANY_FILE = re.compile(r"^person(\d+)_virus_\d+(?:_\d+)?\.jpeg$")
+#: Ages (years) of the Kermany children: "pediatric patients of one to five years old from
+#: Guangzhou Women and Children's Medical Center" (Kermany et al. 2018, Cell 172(5):1122-1131,
+#: Methods). A cohort range, not per-image ages.
+KERMANY_AGE_RANGE = (1.0, 5.0)
+#: NIH file names: ``<8-digit patient id>_<3-digit follow-up>.png``.
+NIH_FILE = re.compile(r"^(\d{8})_(\d{3})\.png$")
+#: NIH folders (upstream: darkcovidnet's ``X-Ray Image DataSet/``) and the finding each means.
+NIH_FOLDERS = {"No_findings": "No Finding", "Pneumonia": "Pneumonia"}
+NIH_METADATA = "Data_Entry_2017_v2020.csv.gz"
+#: Columns ``Data_Entry_2017_v2020.csv`` must have (NIH spelling).
+REQUIRED_NIH_METADATA = (
+    "Image Index",
+    "Finding Labels",
+    "Patient ID",
+    "Patient Age",
+    "Patient Gender",
+    "View Position",
+)
+#: Ages outside this range (years) are read as unknown (a typing error, not an age).
+PLAUSIBLE_AGE = (0.0, 120.0)
 
 
 class MetadataError(ValueError):
     """``metadata.csv`` lacks a required column; the message names the file and column."""
 
 
-def read_metadata(path) -> pd.DataFrame:
-    """Read the covid-chestxray-dataset ``metadata.csv`` as strings.
+def read_metadata(path, required=REQUIRED_METADATA) -> pd.DataFrame:
+    """Read a metadata table (default: the covid-chestxray-dataset ``metadata.csv``) as strings.
+
+    ``required``: the columns it must have (:data:`REQUIRED_NIH_METADATA` for the NIH table;
+    a ``.gz`` file is decompressed).
 
     Raises
     ------
@@ -70,7 +111,7 @@ def read_metadata(path) -> pd.DataFrame:
     found when only the spelling differs (e.g. ``patient_id`` for ``patientid``).
     """
     meta = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in REQUIRED_METADATA if c not in meta.columns]
+    missing = [c for c in required if c not in meta.columns]
     if missing:
         norm = {re.sub(r"[^a-z]", "", c.lower()): c for c in meta.columns}
         hints = [f"'{c}' (found '{norm[c]}')" if c in norm else f"'{c}'" for c in missing]
@@ -78,10 +119,40 @@ def read_metadata(path) -> pd.DataFrame:
     return meta
 
 
+def parse_age(text) -> float:
+    """Age in years from a metadata cell; NaN when empty, not a number, or outside
+    :data:`PLAUSIBLE_AGE`."""
+    age = pd.to_numeric(str(text).strip(), errors="coerce")
+    lo, hi = PLAUSIBLE_AGE
+    return float(age) if pd.notna(age) and lo <= age <= hi else float("nan")
+
+
+def matches_finding(finding: str, names) -> bool:
+    """True when one of ``names`` occurs in ``finding``, case-insensitively (``COVID-19``
+    matches ``COVID-19, ARDS``). The one rule for ``manifest.covid_findings`` and protocols."""
+    return any(n.lower() in finding.lower() for n in names)
+
+
 def describe_image(
-    path: Path, label, source, patient_id, view, finding, min_side=1, max_pixels=50_000_000
+    path: Path,
+    label,
+    source,
+    patient_id,
+    view,
+    finding,
+    min_side=1,
+    max_pixels=50_000_000,
+    *,
+    labels="",
+    age=float("nan"),
+    age_low=None,
+    age_high=None,
+    sex="",
 ) -> dict:
     """Load one image through :func:`cxr.images.load_image`; return its manifest row.
+
+    ``age`` (years, NaN: unknown), ``age_low``/``age_high`` (bounds in years; None: ``age``),
+    ``sex`` and ``labels`` are copied into the row as given (module docstring).
 
     Returns
     -------
@@ -104,6 +175,11 @@ def describe_image(
         "patient_id": patient_id,
         "view": view,
         "finding": finding,
+        "labels": labels,
+        "age": age,
+        "age_low": age if age_low is None else age_low,
+        "age_high": age if age_high is None else age_high,
+        "sex": sex,
         "sha256": file_hash(path),
         "pixel_sha256": hashlib.sha256(rgb.tobytes()).hexdigest(),
         "phash": perceptual_hash(rgb),
@@ -133,12 +209,11 @@ def covid_candidates(covid_dir, *, covid_findings, modality, views):
     """Yield ``(kind, dict)`` for each metadata row: ``("take", row)`` or ``("exclude", row)``."""
     covid_dir = Path(covid_dir)
     meta = read_metadata(covid_dir / "metadata.csv")
-    findings = [f.lower() for f in covid_findings]
     seen = set()
     for rec in meta.to_dict("records"):
         path = covid_dir / "images" / rec["filename"]
         pid = f"ieee8023:{rec['patientid']}"
-        is_covid = any(f in rec["finding"].lower() for f in findings)
+        is_covid = matches_finding(rec["finding"], covid_findings)
         reason = detail = None
         if rec["modality"] != modality:
             reason, detail = "not X-ray", f"modality {rec['modality']}"
@@ -157,7 +232,12 @@ def covid_candidates(covid_dir, *, covid_findings, modality, views):
             continue
         seen.add(rec["filename"])
         take = dict(path=path, label="covid", source="ieee8023", patient_id=pid)
-        yield "take", take | {"view": rec["view"], "finding": rec["finding"]}
+        age = parse_age(rec.get("age", ""))
+        sex = rec.get("sex", "").strip()
+        yield (
+            "take",
+            take | {"view": rec["view"], "finding": rec["finding"], "age": age, "sex": sex},
+        )
 
 
 def kermany_candidates(kermany_dir):
@@ -177,21 +257,79 @@ def kermany_candidates(kermany_dir):
                 patient_id=f"kermany-{split}:person{m.group(1)}",
                 view="",
                 finding="viral pneumonia",
+                age_low=KERMANY_AGE_RANGE[0],
+                age_high=KERMANY_AGE_RANGE[1],
             ),
         )
+
+
+def nih_candidates(nih_dir):
+    """Yield ``("take", dict)`` / ``("exclude", dict)`` for each NIH control image (by path).
+
+    ``nih_dir`` holds ``No_findings/*.png``, ``Pneumonia/*.png`` and
+    ``Data_Entry_2017_v2020.csv.gz`` (:func:`cxr.sources.acquire_nih`). Every image is labelled
+    ``non_covid`` here; which of them a run uses is the protocol's choice (:mod:`cxr.protocols`).
+
+    Raises
+    ------
+    MetadataError if the metadata lacks a required column; FileNotFoundError if it is absent.
+    """
+    nih_dir = Path(nih_dir)
+    meta = read_metadata(nih_dir / NIH_METADATA, REQUIRED_NIH_METADATA)
+    meta = meta.drop_duplicates("Image Index").set_index("Image Index")
+    for folder, finding in NIH_FOLDERS.items():
+        for path in sorted((nih_dir / folder).glob("*")):
+            m = NIH_FILE.match(path.name)
+            pid = f"nih:{int(m.group(1))}" if m else ""
+            rec = {"path": path, "label": "non_covid", "source": "nih", "patient_id": pid}
+            reason = detail = None
+            if not m:
+                reason = "unexpected file name"
+                detail = "not <8-digit patient id>_<3-digit follow-up>.png"
+            elif path.name not in meta.index:
+                reason, detail = "not in NIH metadata", f"no row {path.name!r} in {NIH_METADATA}"
+            else:
+                row = meta.loc[path.name]
+                labels = row["Finding Labels"]
+                if str(int(row["Patient ID"])) != str(int(m.group(1))):
+                    reason = "metadata mismatch"
+                    detail = (
+                        f"file name patient {m.group(1)}, metadata Patient ID {row['Patient ID']}"
+                    )
+                elif finding not in labels.split("|"):
+                    reason = "folder contradicts NIH labels"
+                    detail = f"folder {folder}, Finding Labels {labels!r}"
+            if reason:
+                yield "exclude", _exclude(rec, reason, detail)
+                continue
+            yield (
+                "take",
+                rec
+                | {
+                    "view": row["View Position"],
+                    "finding": finding,
+                    "labels": labels,
+                    "age": parse_age(row["Patient Age"]),
+                    "sex": row["Patient Gender"].strip(),
+                },
+            )
 
 
 def build_manifest(
     covid_dir,
     kermany_dir,
     *,
+    nih_dir=None,
     covid_findings=("COVID-19",),
     modality="X-ray",
     views=("PA", "AP", "AP Supine"),
     min_side=128,
     max_pixels=50_000_000,
 ):
-    """Build the manifest and the excluded table from the two raw folders.
+    """Build the manifest and the excluded table from the raw folders.
+
+    ``nih_dir``: the acquired NIH controls (:func:`nih_candidates`); None (default): the
+    seed's two sources only.
 
     Returns
     -------
@@ -207,6 +345,8 @@ def build_manifest(
         covid_candidates(covid_dir, covid_findings=covid_findings, modality=modality, views=views)
     )
     cands += list(kermany_candidates(kermany_dir))
+    if nih_dir is not None:
+        cands += list(nih_candidates(nih_dir))
     for kind, rec in cands:
         if kind == "exclude":
             excluded.append(rec)

@@ -9,6 +9,12 @@ Sources
   ``metadata.csv`` and ``images/``.
 - Kermany, Zhang, Goldbaum (2018), Mendeley Data doi:10.17632/rscbjbr9sj.2: only the viral
   pneumonia files ``chest_xray/{train,test}/PNEUMONIA/personN_virus_M.jpeg``.
+- NIH ChestX-ray8 adult-control candidates (Wang et al. 2017): the 500 "No Finding" and 500
+  "Pneumonia" PNGs Ozturk et al. 2020 drew from it (github.com/muhammedtalo/COVID-19, folder
+  ``X-Ray Image DataSet/{No_findings,Pneumonia}/``, pinned to a commit; the file names are in
+  :data:`DARKCOVIDNET_FILES`), and the NIH metadata ``Data_Entry_2017_v2020.csv.gz``
+  (github.com/mlmed/torchxrayvision, pinned to a commit; its sha256 is
+  ``acquire.nih_metadata_sha256`` in config.yaml).
 - Keras VGG19 ImageNet notop weights (Simonyan & Zisserman 2014, arXiv:1409.1556); md5 as
   published in ``keras/src/applications/vgg19.py``.
 """
@@ -21,6 +27,7 @@ import re
 import shutil
 import zipfile
 from pathlib import Path, PurePosixPath
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -30,6 +37,15 @@ KERMANY_DIR = "chest_xray"
 KERMANY_VIRUS = re.compile(
     r"(?:^|/)chest_xray/((?:train|test)/PNEUMONIA/person\d+_virus_\d+(?:_\d+)?\.jpeg)$"
 )
+#: Mirror folders (and upstream layout) of the NIH adult controls and of the NIH metadata.
+DARKCOVIDNET_DIR = "darkcovidnet"
+DARKCOVIDNET_FOLDER = "X-Ray Image DataSet"
+NIH_METADATA_DIR = "nih-chestxray"
+NIH_METADATA = "Data_Entry_2017_v2020.csv.gz"
+#: The 1000 files of ``X-Ray Image DataSet/{No_findings,Pneumonia}/`` at the pinned commit,
+#: one ``<folder>/<name>.png`` a line (GitHub's raw URLs cannot list a folder). Taken from the
+#: mirror's SHA256SUMS; the names are upstream's (NIH image indices).
+DARKCOVIDNET_FILES = Path(__file__).with_name("darkcovidnet_files.txt")
 WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 #: The md5 Keras checks for WEIGHTS_FILE (keras.applications.vgg19, WEIGHTS_PATH_NO_TOP).
 WEIGHTS_MD5 = "253f8cb515780f3b799900260a226db6"
@@ -149,7 +165,7 @@ def copy_verified(src, dst, sha256: str) -> None:
         raise ChecksumError(src, sha256, actual)
 
 
-def copy_from_mirror(mirror, prefix: str, out_dir, keep=lambda rel: True) -> int:
+def copy_from_mirror(mirror, prefix: str, out_dir, keep=lambda rel: True, dest=None) -> int:
     """Copy every file the mirror's ``SHA256SUMS`` lists under ``prefix/`` into ``out_dir``.
 
     Parameters
@@ -158,6 +174,7 @@ def copy_from_mirror(mirror, prefix: str, out_dir, keep=lambda rel: True) -> int
     prefix : top folder inside the mirror, e.g. ``covid-chestxray-dataset``.
     out_dir : destination; files keep their path below ``prefix``.
     keep : predicate on the path below ``prefix``; files it rejects are not copied.
+    dest : maps the path below ``prefix`` to the path below ``out_dir`` (default: the same).
 
     Returns the number of files copied. Raises ChecksumError on a mismatch, FileNotFoundError
     if the mirror has no ``SHA256SUMS`` or a listed file is absent.
@@ -171,7 +188,7 @@ def copy_from_mirror(mirror, prefix: str, out_dir, keep=lambda rel: True) -> int
         head, _, rel = name.partition("/")
         if head != prefix or not keep(rel):
             continue
-        copy_verified(mirror / name, Path(out_dir) / rel, digest)
+        copy_verified(mirror / name, Path(out_dir) / (dest(rel) if dest else rel), digest)
         n += 1
     write_sums(out_dir)
     return n
@@ -297,6 +314,63 @@ def acquire_kermany(out_dir, *, mirror=None, url: str, sha256: str | None = None
     n = safe_extract(archive, out_dir, select)
     write_sums(out_dir)
     return n
+
+
+def darkcovidnet_files() -> list[str]:
+    """The pinned list of NIH control files: ``["No_findings/00001280_004.png", ...]``."""
+    return [line for line in DARKCOVIDNET_FILES.read_text().splitlines() if line.strip()]
+
+
+def acquire_nih(
+    out_dir,
+    *,
+    mirror=None,
+    images_base_url: str,
+    metadata_url: str,
+    metadata_sha256: str | None = None,
+) -> int:
+    """Fetch the NIH adult-control images and the NIH metadata into ``out_dir``.
+
+    Layout written (no spaces in paths): ``out_dir/No_findings/*.png``,
+    ``out_dir/Pneumonia/*.png``, ``out_dir/Data_Entry_2017_v2020.csv.gz`` and
+    ``out_dir/SHA256SUMS`` (the hashes of what was fetched: the lock file).
+
+    With ``mirror``, copies ``<mirror>/darkcovidnet/X-Ray Image DataSet/{No_findings,Pneumonia}/``
+    and ``<mirror>/nih-chestxray/Data_Entry_2017_v2020.csv.gz``, verified against the mirror's
+    ``SHA256SUMS`` (the mirror's images are downscaled: its hashes, not upstream's). Without,
+    downloads each file of :func:`darkcovidnet_files` from ``images_base_url`` (the repository
+    root at a pinned commit; ``X-Ray Image DataSet/`` is URL-quoted) and the metadata from
+    ``metadata_url``, checked against ``metadata_sha256`` (None: not checked, recorded only).
+
+    Returns
+    -------
+    int, the number of files (1001: 1000 images and the metadata).
+
+    Raises
+    ------
+    DownloadError naming the URL and the cause; every file is listed at the pinned commit, so
+    a 404 stops the run too (a wrong pin). ChecksumError / FileNotFoundError from the mirror.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if mirror:
+        wanted = set(darkcovidnet_files())
+        prefix = DARKCOVIDNET_FOLDER + "/"
+        n = copy_from_mirror(
+            mirror,
+            DARKCOVIDNET_DIR,
+            out_dir,
+            keep=lambda rel: rel.removeprefix(prefix) in wanted,
+            dest=lambda rel: rel.removeprefix(prefix),
+        )
+        keep = lambda rel: rel == NIH_METADATA  # noqa: E731
+        return n + copy_from_mirror(mirror, NIH_METADATA_DIR, out_dir, keep=keep)
+    for rel in darkcovidnet_files():
+        url = images_base_url + quote(f"{DARKCOVIDNET_FOLDER}/{rel}")
+        _download(url, None, out_dir / rel)
+    _download(metadata_url, metadata_sha256, out_dir / NIH_METADATA)
+    write_sums(out_dir)
+    return len(darkcovidnet_files()) + 1
 
 
 def keras_cache_weights() -> Path:

@@ -1,6 +1,6 @@
 """Rule acquire_*: fetch one raw source into data/raw/ (or the weights into models/pretrained/).
 
-Usage: python scripts/acquire.py {covid,kermany,weights} --out PATH [--mirror DIR] [...]
+Usage: python scripts/acquire.py {covid,kermany,nih,weights} --out PATH [--mirror DIR] [...]
 """
 
 import argparse
@@ -11,11 +11,12 @@ from pathlib import Path
 from cxr import sources
 
 p = argparse.ArgumentParser(description=__doc__)
-p.add_argument("what", choices=["covid", "kermany", "weights"])
+p.add_argument("what", choices=["covid", "kermany", "nih", "weights"])
 p.add_argument("--out", required=True, help="output folder (or .h5 file for weights)")
 p.add_argument("--mirror", default="", help="local mirror folder with SHA256SUMS")
-p.add_argument("--url", default="", help="upstream URL (base URL for covid)")
-p.add_argument("--sha256", default="", help="expected sha256 of the Kermany archive")
+p.add_argument("--url", default="", help="upstream URL (base URL for covid and nih)")
+p.add_argument("--sha256", default="", help="expected sha256 of the Kermany archive / NIH metadata")
+p.add_argument("--metadata_url", default="", help="NIH Data_Entry_2017_v2020.csv.gz URL (nih)")
 p.add_argument("--weights", default="", help="local VGG19 notop .h5 to copy")
 p.add_argument(
     "--traceback",
@@ -37,6 +38,14 @@ try:
         n = sources.acquire_covid(a.out, mirror=mirror, base_url=a.url)
     elif a.what == "kermany":
         n = sources.acquire_kermany(a.out, mirror=mirror, url=a.url, sha256=unset(a.sha256))
+    elif a.what == "nih":
+        n = sources.acquire_nih(
+            a.out,
+            mirror=mirror,
+            images_base_url=a.url,
+            metadata_url=a.metadata_url,
+            metadata_sha256=unset(a.sha256),
+        )
     else:
         n = sources.acquire_weights(a.out, source=unset(a.weights))
 except (sources.DownloadError, sources.ChecksumError, FileNotFoundError) as err:

@@ -30,7 +30,9 @@ for index, parent, seed in plan(list(covid.index), a.target, a.seed):
     # Hashes, size and depth of the augmented file itself (not its parent's): read back
     # through the one loader, as the manifest describes every image.
     keep = {k: rec[k] for k in ("label", "patient_id", "view", "finding")}
-    row = describe_image(path, source="augmented", **keep)
+    # The parent's age, sex and labels, where its row has them (cxr.manifest.COLUMNS).
+    extra = {k: rec[k] for k in ("labels", "age", "age_low", "age_high", "sex") if k in rec}
+    row = describe_image(path, source="augmented", **keep, **extra)
     rows.append({**row, "parent": parent, "seed": seed})
 write_csv(pd.DataFrame(rows, columns=COLUMNS + ["parent", "seed"]), a.csv)
 n_covid, n_aug = len(covid), len(rows)

@@ -7,6 +7,7 @@ from cxr.manifest import build_manifest, near_duplicates, write_csv
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--covid", required=True, help="acquired covid-chestxray-dataset folder")
 p.add_argument("--kermany", required=True, help="acquired chest_xray folder")
+p.add_argument("--nih", default="", help="acquired NIH controls folder (default: none)")
 p.add_argument("--manifest", required=True)
 p.add_argument("--excluded", required=True)
 p.add_argument("--near_duplicates", required=True, help="near_duplicates.csv to write")
@@ -20,6 +21,7 @@ a = p.parse_args()
 df, ex = build_manifest(
     a.covid,
     a.kermany,
+    nih_dir=a.nih or None,
     covid_findings=a.covid_findings,
     modality=a.modality,
     views=a.views,

@@ -60,7 +60,11 @@ def test_augmented_rows_carry_their_own_hashes(tmp_path):
     for i in range(2):
         path = tmp_path / f"p{i}.png"
         Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(path)
-        rows.append(describe_image(path, "covid", "ieee8023", f"ieee8023:{i}", "PA", "COVID-19"))
+        # p0: 65 y, female; p1: age and sex unknown
+        who = {"age": 65.0, "sex": "F"} if i == 0 else {}
+        rows.append(
+            describe_image(path, "covid", "ieee8023", f"ieee8023:{i}", "PA", "COVID-19", **who)
+        )
     pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp_path / "train.csv", index=False)
     script = Path(__file__).resolve().parents[1] / "scripts/augment.py"
     cmd = [sys.executable, str(script), "--train", str(tmp_path / "train.csv")]
@@ -77,4 +81,11 @@ def test_augmented_rows_carry_their_own_hashes(tmp_path):
         assert row.phash == str(imagehash.phash(img.convert("L")))
         assert row.pixel_sha256 != parents.loc[row.parent, "pixel_sha256"]
         assert row.patient_id == parents.loc[row.parent, "patient_id"]
+        # The parent's age and sex, not the augmented file's (it has none of its own).
+        parent = parents.loc[row.parent]
+        ages = (row.age, row.age_low, row.age_high)
+        if parent["sex"] == "F":
+            assert ages == (65, 65, 65) and row.sex == "F"
+        else:
+            assert np.isnan(ages).all() and pd.isna(row.sex)
         assert (row.source, row.bit_depth, row.width, row.height) == ("augmented", 8, 48, 40)

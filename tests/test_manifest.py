@@ -153,3 +153,112 @@ def test_near_duplicates_by_hamming_distance():
     got = near_duplicates(m, max_distance=7)
     assert got.values.tolist() == [["a", "b", 1, False, True], ["b", "c", 7, False, False]]
     assert len(near_duplicates(m, max_distance=0)) == 0
+
+
+# --- age and sex of every source; the NIH adult controls ---------------------------------------
+
+NIH_META_COLUMNS = [
+    "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
+    "Patient Gender", "View Position",
+]  # fmt: skip
+
+
+@pytest.fixture
+def nih(tmp_path):
+    """A hand-made NIH folder: metadata for 7 images, 9 files (the expected reasons below)."""
+    folder = tmp_path / "nih"
+    rows = [
+        ("00000001_000.png", "No Finding", "0", "1", "30", "M", "PA"),
+        ("00000001_001.png", "Pneumonia|Infiltration", "1", "1", "31", "M", "AP"),
+        ("00000002_000.png", "Pneumonia", "0", "2", "12", "F", "AP"),  # a child
+        ("00000004_000.png", "No Finding", "0", "5", "40", "F", "PA"),  # id disagrees
+        ("00000006_000.png", "Effusion", "0", "6", "50", "F", "PA"),  # not Pneumonia
+        ("00000007_000.png", "No Finding", "0", "7", "414", "M", "PA"),  # age typo
+        ("00000008_002.png", "No Finding", "2", "8", "60", "F", "AP"),
+    ]
+    folder.mkdir()
+    meta = pd.DataFrame(rows, columns=NIH_META_COLUMNS)
+    meta.to_csv(folder / "Data_Entry_2017_v2020.csv.gz", index=False, compression="gzip")
+    files = [
+        "No_findings/00000001_000.png",
+        "Pneumonia/00000001_001.png",  # the same patient in the other folder
+        "Pneumonia/00000002_000.png",
+        "No_findings/00000003_000.png",  # not in the metadata
+        "No_findings/00000004_000.png",
+        "Pneumonia/00000006_000.png",
+        "No_findings/00000007_000.png",
+        "No_findings/00000008_002.png",
+        "No_findings/scan.png",  # not an NIH name
+    ]
+    for i, rel in enumerate(files):
+        png(folder / rel, 150 + 10 * i)
+    return folder
+
+
+def test_nih_rows_patient_ids_ages_and_reasons(raw, nih):
+    df, ex = build_manifest(*raw, nih_dir=nih, min_side=128)
+    rows = df[df.source == "nih"]
+    rows = rows.set_index(rows.path.str.split("/").str[-1])
+    cols = ["label", "patient_id", "view", "finding", "labels", "age", "sex"]
+    got = {name: tuple(r) for name, r in rows[cols].iterrows()}
+    nan = got["00000007_000.png"][5]
+    assert np.isnan(nan)  # 414 "years": read as unknown, not as an age
+    assert got == {
+        "00000001_000.png": ("non_covid", "nih:1", "PA", "No Finding", "No Finding", 30, "M"),
+        "00000001_001.png": (
+            "non_covid", "nih:1", "AP", "Pneumonia", "Pneumonia|Infiltration", 31, "M",
+        ),
+        "00000002_000.png": ("non_covid", "nih:2", "AP", "Pneumonia", "Pneumonia", 12, "F"),
+        "00000007_000.png": ("non_covid", "nih:7", "PA", "No Finding", "No Finding", nan, "M"),
+        "00000008_002.png": ("non_covid", "nih:8", "AP", "No Finding", "No Finding", 60, "F"),
+    }  # fmt: skip
+    assert (rows.age_low.dropna() == rows.age.dropna()).all()
+    reasons = {p.split("/")[-1]: r for p, r in ex[ex.source == "nih"][["path", "reason"]].values}
+    assert reasons == {
+        "00000003_000.png": "not in NIH metadata",
+        "00000004_000.png": "metadata mismatch",
+        "00000006_000.png": "folder contradicts NIH labels",
+        "scan.png": "unexpected file name",
+    }
+    # Without the NIH folder the manifest is the seed's: no NIH row at all.
+    seed, _ = build_manifest(*raw, min_side=128)
+    assert not (seed.source == "nih").any() and len(seed) == len(df) - len(rows)
+
+
+def test_age_and_sex_of_ieee8023_and_kermany_rows(raw):
+    covid, kermany = raw
+    meta = pd.read_csv(covid / "metadata.csv", dtype=str)
+    meta["age"] = meta["patientid"].map({"1": "65", "2": ""})  # patient 2: no age
+    meta["sex"] = meta["patientid"].map({"1": "F", "2": ""})
+    meta.to_csv(covid / "metadata.csv", index=False)
+    df, _ = build_manifest(covid, kermany, min_side=128)
+    rows = df.set_index(df.path.str.split("/").str[-1])
+    assert rows.loc["a.png", ["age", "age_low", "age_high", "sex"]].tolist() == [65, 65, 65, "F"]
+    assert rows.loc["c.png", ["age", "age_low", "age_high"]].isna().all()
+    assert rows.loc["c.png", "sex"] == ""
+    # Kermany: no per-image age; the cohort's published range (children aged 1 to 5).
+    kid = rows.loc["person1_virus_1.jpeg"]
+    assert np.isnan(kid.age) and (kid.age_low, kid.age_high, kid.sex) == (1, 5, "")
+
+
+def test_nih_patient_in_both_folders_stays_in_one_split(raw, nih):
+    from cxr.split import split_manifest
+
+    df, _ = build_manifest(*raw, nih_dir=nih, min_side=128)
+    df = df[df.source != "kermany-train"]  # non_covid: the NIH rows and one Kermany child
+    # Four more one-image COVID patients, by hand, so either class can give 2 test images.
+    covid = df[df.label == "covid"].iloc[0].to_dict()
+    extra = pd.DataFrame(
+        [covid | {"path": f"x{i}.png", "patient_id": f"ieee8023:9{i}", "sha256": f"{i:064x}",
+                  "pixel_sha256": f"{i:064x}"} for i in range(4)]
+    )  # fmt: skip
+    df = pd.concat([df, extra], ignore_index=True)
+    both = df.path.str.endswith(("00000001_000.png", "00000001_001.png"))
+    assert df[both].patient_id.tolist() == ["nih:1", "nih:1"]
+    where = set()
+    for seed in range(8):
+        splits = split_manifest(df, seed=seed, test_per_class=2, val_fraction=0.3)
+        homes = {name for name, s in splits.items() if s.patient_id.eq("nih:1").any()}
+        assert len(homes) == 1, (seed, homes)
+        where |= homes
+    assert "test" in where  # the pair was drawn into the test split too, whole

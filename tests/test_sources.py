@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -262,3 +263,60 @@ def test_name_resolution_cause_from_the_requests_error():
     )
     cause, status = sources.describe_download_error(err)
     assert (cause, status) == ("cannot resolve host 'github.com' (no network or DNS?)", None)
+
+
+# --- NIH adult controls (darkcovidnet folder + NIH metadata) ---------------------------------
+
+
+def test_nih_file_list_is_500_no_finding_and_500_pneumonia_nih_names():
+    names = sources.darkcovidnet_files()
+    folders = [n.split("/")[0] for n in names]
+    assert folders.count("No_findings") == 500 and folders.count("Pneumonia") == 500
+    assert all(re.fullmatch(r"(No_findings|Pneumonia)/\d{8}_\d{3}\.png", n) for n in names)
+    assert len(set(names)) == 1000
+
+
+def test_nih_mirror_copy_flattens_the_spaced_folder(tmp_path, monkeypatch):
+    listed = tmp_path / "files.txt"
+    listed.write_text("No_findings/00000001_000.png\nPneumonia/00000002_001.png\n")
+    monkeypatch.setattr(sources, "DARKCOVIDNET_FILES", listed)
+    files = {
+        "darkcovidnet/X-Ray Image DataSet/No_findings/00000001_000.png": b"n1",
+        "darkcovidnet/X-Ray Image DataSet/Pneumonia/00000002_001.png": b"p2",
+        "darkcovidnet/X-Ray Image DataSet/Covid-19/x.png": b"left out upstream copy",
+        "nih-chestxray/Data_Entry_2017_v2020.csv.gz": b"meta",
+    }
+    mirror = make_mirror(tmp_path / "m", files)
+    out = tmp_path / "nih"
+    n = sources.acquire_nih(out, mirror=mirror, images_base_url="unused", metadata_url="unused")
+    assert n == 3
+    lock = sources.read_sums(out / "SHA256SUMS")
+    assert lock == {
+        "No_findings/00000001_000.png": hashlib.sha256(b"n1").hexdigest(),
+        "Pneumonia/00000002_001.png": hashlib.sha256(b"p2").hexdigest(),
+        "Data_Entry_2017_v2020.csv.gz": hashlib.sha256(b"meta").hexdigest(),
+    }
+
+
+def test_nih_download_quotes_the_folder_and_checks_the_metadata(http_server, tmp_path, monkeypatch):
+    url, www = http_server
+    listed = tmp_path / "files.txt"
+    listed.write_text("No_findings/00000001_000.png\nPneumonia/00000001_001.png\n")
+    monkeypatch.setattr(sources, "DARKCOVIDNET_FILES", listed)
+    for rel, data in [("No_findings/00000001_000.png", b"a"), ("Pneumonia/00000001_001.png", b"b")]:
+        p = www / "X-Ray Image DataSet" / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    (www / "meta.csv.gz").write_bytes(b"metadata bytes")
+    good = hashlib.sha256(b"metadata bytes").hexdigest()
+    out = tmp_path / "nih"
+    kw = {"images_base_url": url, "metadata_url": url + "meta.csv.gz"}
+    assert sources.acquire_nih(out, metadata_sha256=good, **kw) == 3
+    assert (out / "Pneumonia/00000001_001.png").read_bytes() == b"b"
+    assert sources.read_sums(out / "SHA256SUMS")["Data_Entry_2017_v2020.csv.gz"] == good
+    with pytest.raises(sources.DownloadError, match="checksum mismatch"):
+        sources.acquire_nih(tmp_path / "nih2", metadata_sha256="0" * 64, **kw)
+    # A file listed at the pinned commit but absent upstream: a wrong pin, the run stops.
+    (www / "X-Ray Image DataSet/Pneumonia/00000001_001.png").unlink()
+    with pytest.raises(sources.DownloadError, match="X-Ray%20Image%20DataSet/Pneumonia.*404"):
+        sources.acquire_nih(tmp_path / "nih3", metadata_sha256=good, **kw)
