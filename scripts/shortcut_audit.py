@@ -22,7 +22,8 @@ a = p.parse_args()
 
 from cxr.audit import shortcut_audit  # noqa: E402
 from cxr.figures import audit_figure, save_png  # noqa: E402
-from cxr.metrics import format_interval, write_json  # noqa: E402
+from cxr.io import write_json  # noqa: E402
+from cxr.metrics import format_interval  # noqa: E402
 
 
 def load(path):
