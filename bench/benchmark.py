@@ -21,7 +21,7 @@ Sides and variants (``aug`` = real-time augmentation with ``cxr.augment.build_re
   with ``prefetch(AUTOTUNE)``, so it runs in a tf.data thread ahead of the step); the whole
   network runs every step.
 - ``ours``: this pipeline. Images decoded and resized once (the ``preprocess`` store: a
-  one-time cost), batches from memory by ``cxr.train.AugmentedBatches`` (a Keras
+  one-time cost), batches from memory by ``cxr.batches.AugmentedBatches`` (a Keras
   ``PyDataset``: ``--threads`` worker threads build and, with aug on, augment the next batches
   while the step runs, up to 4 batches ahead). Aug off: ``cache_features`` as in
   ``train_stage``: the frozen part runs once per image (one forward pass gives block3_pool,
@@ -275,33 +275,12 @@ def summarise(seconds: list[float], n_images: int) -> dict:
     }
 
 
-def main(argv=None) -> dict:
-    a = parse_args(argv)
-    from cxr.train import configure_threads
-
-    configure_threads(a.threads)
+def machine(a, argv) -> dict:
+    """The machine, versions, arguments and command of this run, plus its peak references
+    (float32 matmul GFLOP/s, memory bandwidth GB/s), printed as measured."""
     import keras
     import tensorflow as tf
 
-    from cxr.augment import build_recipe
-    from cxr.model import (
-        CACHE_LAYERS,
-        build_model,
-        compile_model,
-        cut_layer,
-        make_optimizer,
-        set_frozen,
-        trainable_tail,
-    )
-    from cxr.train import AugmentedBatches, batch_seed, compute_features, one_hot
-
-    weights = a.weights if Path(a.weights).is_file() else None
-    if weights is None:
-        print(f"no weights file at {a.weights}: random VGG19 weights (the same speed)")
-    paths, labels = real_images(Path(a.mirror), a.images)
-    steps = a.images // a.batch_size
-    n = steps * a.batch_size  # images per epoch (full batches only)
-    targets = one_hot(labels)
     res = {
         "machine": {
             "cpu": cpu_name(),
@@ -314,31 +293,45 @@ def main(argv=None) -> dict:
         "args": {k: v for k, v in vars(a).items() if k != "json"},
         "command": " ".join(["python", "bench/benchmark.py", *(argv or sys.argv[1:])]),
     }
+    steps = a.images // a.batch_size
+    n = steps * a.batch_size
     print(f"{res['machine']}\n{n} images/epoch ({steps} steps of {a.batch_size}), {a.size} px")
     res["matmul_gflops"] = matmul_peak(a.matmul)
     print(f"float32 matmul {a.matmul}^2: {res['matmul_gflops']:.0f} GFLOP/s (peak reference)")
     res["stream_gbps"] = stream_bandwidth(a.stream_mb)
     print(f"float32 x + y of {a.stream_mb} MB: {res['stream_gbps']:.1f} GB/s (memory bandwidth)")
+    return res
 
-    # ours, one-time: decode + resize every image once (the preprocess store)
+
+def baseline_batches(paths, targets, a, augment: bool):
+    """The seed's generator: decode from the files every epoch (Keras prefetches it)."""
+    from cxr.augment import build_recipe
+    from cxr.batches import batch_seed
+
+    steps = a.images // a.batch_size
+    epoch = 0
+    while True:
+        order = np.random.default_rng((1, epoch)).permutation(len(paths))
+        for i in range(steps):
+            rows = order[i * a.batch_size : (i + 1) * a.batch_size]
+            x = np.stack([decode(paths[r], a.size) for r in rows])
+            if augment:
+                x = build_recipe(batch_seed(1, epoch, i))(images=x)
+            yield x, targets[rows]
+        epoch += 1
+
+
+def one_time(paths, weights, a, res) -> tuple[np.ndarray, dict]:
+    """Ours, one-time costs: decode + resize every image once (the preprocess store) and one
+    forward pass for the three cut layers of all stages. Returns ``(store, features)``."""
+    import keras
+
+    from cxr.features import compute_features
+    from cxr.model import CACHE_LAYERS, build_model
+
     t0 = time.perf_counter()
     store = np.stack([decode(p, a.size) for p in paths])
     res["decode_s_per_image"] = (time.perf_counter() - t0) / len(paths)
-
-    def baseline_batches(augment: bool):
-        """The seed's generator: decode from the files every epoch (Keras prefetches it)."""
-        epoch = 0
-        while True:
-            order = np.random.default_rng((1, epoch)).permutation(len(paths))
-            for i in range(steps):
-                rows = order[i * a.batch_size : (i + 1) * a.batch_size]
-                x = np.stack([decode(paths[r], a.size) for r in rows])
-                if augment:
-                    x = build_recipe(batch_seed(1, epoch, i))(images=x)
-                yield x, targets[rows]
-            epoch += 1
-
-    # ours, one-time (aug off): one forward pass for the three cut layers of all stages
     keras.utils.set_random_seed(1)
     t0 = time.perf_counter()
     model = build_model(a.size, weights=weights)
@@ -353,8 +346,16 @@ def main(argv=None) -> dict:
         f"one-time: decode {res['decode_s_per_image'] * 1e3:.1f} ms/image,"
         f" features {res['features_s_per_image'] * 1e3:.1f} ms/image, model build {build_s:.1f} s"
     )
-    # the same images augmented beforehand (epoch by epoch), for the `memory` reference
-    pre_augmented = {
+    return store, features
+
+
+def pre_augment(store, a) -> dict:
+    """The images augmented beforehand, one array per epoch, for the ``memory`` reference."""
+    from cxr.augment import build_recipe
+    from cxr.batches import batch_seed
+
+    steps = a.images // a.batch_size
+    return {
         e: np.concatenate(
             [
                 build_recipe(batch_seed(1, e, i))(
@@ -366,83 +367,129 @@ def main(argv=None) -> dict:
         for e in range(a.epochs)
     }
 
+
+def memory_run(model, pre_augmented, targets, a) -> list[float]:
+    """Epoch seconds of ``model`` fed the batches augmented beforehand (epoch from a timer)."""
+    import keras
+
+    steps = a.images // a.batch_size
+    timer = EpochTimer()
+
+    class Memory(keras.utils.PyDataset):
+        """Batches of the arrays augmented beforehand (epoch from the timer)."""
+
+        def __init__(self, timer):
+            super().__init__(workers=a.threads, use_multiprocessing=False, max_queue_size=4)
+            self.timer = timer
+
+        def __len__(self):
+            return steps
+
+        def __getitem__(self, i):
+            e = min(len(self.timer.seconds), a.epochs - 1)
+            sl = slice(i * a.batch_size, (i + 1) * a.batch_size)
+            return pre_augmented[e][sl], targets[sl]
+
+    model.fit(Memory(timer), epochs=a.epochs, shuffle=False, verbose=0, callbacks=[timer])
+    return timer.seconds
+
+
+def add_bounds(runs: dict, res: dict) -> None:
+    """Add to each run its GFLOP/s, fraction of peak, and the roofline bound it reaches."""
+    for r in runs.values():
+        r["gflops"] = r["gflop_per_image"] * r["images_per_s"]
+        r["of_peak"] = r["gflops"] / res["matmul_gflops"]
+        r["bound_images_per_s"] = min(
+            res["matmul_gflops"] / r["gflop_per_image"],
+            res["stream_gbps"] / r["mb_per_image"] * 1e3,
+        )
+        r["of_bound"] = r["images_per_s"] / r["bound_images_per_s"]
+
+
+def run_stage(stage, data, weights, a, res) -> dict:
+    """Time every variant of one stage; ``data``: ``(paths, labels, store, features,
+    pre_augmented)``. Returns ``{(side, aug): run}``."""
+    import keras
+
+    from cxr.batches import AugmentedBatches, one_hot
+    from cxr.model import (
+        build_model,
+        compile_model,
+        cut_layer,
+        make_optimizer,
+        set_frozen,
+        trainable_tail,
+    )
+
+    paths, labels, store, features, pre_augmented = data
+    n = (a.images // a.batch_size) * a.batch_size
+    targets = one_hot(labels)
+    cfg = STAGES[stage]
+    keras.utils.set_random_seed(1)
+    model = build_model(a.size, weights=weights)
+    set_frozen(model, cfg["frozen_layers"])
+    cut = cut_layer(model, cfg["frozen_layers"])
+    tail = trainable_tail(model, cfg["frozen_layers"])
+    full_cost = cost(train_flops(model), weight_bytes_per_step(model) / a.batch_size)
+    tail_cost = cost(train_flops(tail), weight_bytes_per_step(tail) / a.batch_size)
+
+    def opt():
+        return make_optimizer(
+            cfg["optimizer"],
+            cfg["learning_rate"],
+            momentum=cfg.get("momentum", 0.0),
+            nesterov=cfg.get("nesterov", False),
+        )
+
+    runs = {}
+    for aug in (False, True):
+        compile_model(model, opt())
+        s = timed_fit(model, baseline_batches(paths, targets, a, aug), a.epochs, n // a.batch_size)
+        runs[("baseline", aug)] = {**summarise(s, n), **full_cost}
+        compile_model(model, opt())
+        batches = AugmentedBatches(store[:n], labels[:n], a.batch_size, 1, aug, workers=a.threads)
+        s = timed_fit(model, batches, a.epochs)
+        runs[("ours", True) if aug else ("store", False)] = {**summarise(s, n), **full_cost}
+    # aug off, ours: the trainable tail on the cached cut-layer features
+    compile_model(tail, opt())
+    batches = AugmentedBatches(
+        features[cut][:n], labels[:n], a.batch_size, 1, False, workers=a.threads
+    )
+    runs[("ours", False)] = {**summarise(timed_fit(tail, batches, a.epochs), n), **tail_cost}
+    # aug on, memory: the same step on batches augmented beforehand, one array per epoch
+    compile_model(model, opt())
+    s = memory_run(model, pre_augmented, targets, a)
+    runs[("memory", True)] = {**summarise(s, n), **full_cost}
+    add_bounds(runs, res)
+    res["stages"][stage] = {
+        "cut": cut,
+        "runs": {f"{side}/{'aug' if aug else 'noaug'}": r for (side, aug), r in runs.items()},
+    }
+    print_stage(stage, cut, runs, a)
+    return runs
+
+
+def main(argv=None) -> dict:
+    a = parse_args(argv)
+    from cxr.runtime import configure_threads
+
+    configure_threads(a.threads)
+    from cxr.io import write_text
+
+    weights = a.weights if Path(a.weights).is_file() else None
+    if weights is None:
+        print(f"no weights file at {a.weights}: random VGG19 weights (the same speed)")
+    paths, labels = real_images(Path(a.mirror), a.images)
+    res = machine(a, argv)
+    store, features = one_time(paths, weights, a, res)
+    data = (paths, labels, store, features, pre_augment(store, a))
     res["stages"] = {}
     for stage in a.stages:
-        cfg = STAGES[stage]
-        keras.utils.set_random_seed(1)
-        model = build_model(a.size, weights=weights)
-        set_frozen(model, cfg["frozen_layers"])
-        cut = cut_layer(model, cfg["frozen_layers"])
-        tail = trainable_tail(model, cfg["frozen_layers"])
-        flops_full, flops_tail = train_flops(model), train_flops(tail)
-        bytes_full = weight_bytes_per_step(model) / a.batch_size  # per image
-        bytes_tail = weight_bytes_per_step(tail) / a.batch_size
-
-        def opt(cfg=cfg):
-            return make_optimizer(
-                cfg["optimizer"],
-                cfg["learning_rate"],
-                momentum=cfg.get("momentum", 0.0),
-                nesterov=cfg.get("nesterov", False),
-            )
-
-        runs = {}
-        for aug in (False, True):
-            compile_model(model, opt())
-            s = timed_fit(model, baseline_batches(aug), a.epochs, steps)
-            runs[("baseline", aug)] = {**summarise(s, n), **cost(flops_full, bytes_full)}
-            compile_model(model, opt())
-            data = AugmentedBatches(store[:n], labels[:n], a.batch_size, 1, aug, workers=a.threads)
-            s = timed_fit(model, data, a.epochs)
-            key = ("ours", True) if aug else ("store", False)
-            runs[key] = {**summarise(s, n), **cost(flops_full, bytes_full)}
-        # aug off, ours: the trainable tail on the cached cut-layer features
-        compile_model(tail, opt())
-        data = AugmentedBatches(
-            features[cut][:n], labels[:n], a.batch_size, 1, False, workers=a.threads
-        )
-        s = timed_fit(tail, data, a.epochs)
-        runs[("ours", False)] = {**summarise(s, n), **cost(flops_tail, bytes_tail)}
-        # aug on, memory: the same step on batches augmented beforehand, one array per epoch
-        compile_model(model, opt())
-        timer = EpochTimer()
-
-        class Memory(keras.utils.PyDataset):
-            """Batches of the arrays augmented beforehand (epoch from the timer)."""
-
-            def __init__(self, timer):
-                super().__init__(workers=a.threads, use_multiprocessing=False, max_queue_size=4)
-                self.timer = timer
-
-            def __len__(self):
-                return steps
-
-            def __getitem__(self, i):
-                e = min(len(self.timer.seconds), a.epochs - 1)
-                sl = slice(i * a.batch_size, (i + 1) * a.batch_size)
-                return pre_augmented[e][sl], targets[sl]
-
-        model.fit(Memory(timer), epochs=a.epochs, shuffle=False, verbose=0, callbacks=[timer])
-        runs[("memory", True)] = {**summarise(timer.seconds, n), **cost(flops_full, bytes_full)}
-        for r in runs.values():
-            r["gflops"] = r["gflop_per_image"] * r["images_per_s"]
-            r["of_peak"] = r["gflops"] / res["matmul_gflops"]
-            r["bound_images_per_s"] = min(
-                res["matmul_gflops"] / r["gflop_per_image"],
-                res["stream_gbps"] / r["mb_per_image"] * 1e3,
-            )
-            r["of_bound"] = r["images_per_s"] / r["bound_images_per_s"]
-        res["stages"][stage] = {
-            "cut": cut,
-            "runs": {f"{side}/{'aug' if aug else 'noaug'}": r for (side, aug), r in runs.items()},
-        }
-        print_stage(stage, cut, runs, a)
-
+        run_stage(stage, data, weights, a, res)
     res["projection"] = project(res, a)
     print_projection(res["projection"], a)
     if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(res, indent=1))
+        write_text(json.dumps(res, indent=1), a.json)
     return res
 
 

@@ -2,19 +2,75 @@
 
 Research and teaching only: this is not a diagnostic tool.
 
-Modules follow the data flow, and each imports only from those before it:
+Modules follow the data flow, :data:`FLOW`, and each imports only from those before it
+(tests/test_imports.py checks every module and script):
 
+- base: io (atomic writers, the one ``.keras`` save) -> runtime (threads, devices, strategy)
 - data: sources (download / mirror, checksums) -> images (the one loader) -> manifest ->
-  split -> augment -> store (preprocessed arrays)
-- model: model (VGG19 + head, stage freezing) -> train
+  protocols (which images make each class) -> split -> augment -> store (preprocessed arrays)
+- model: model (VGG19 + head, stage freezing)
+- training: features (the feature cache) -> batches (augmented batches, class weights) ->
+  resume (history, backup, resumable callbacks) -> train (settings, the stage loop)
 - evaluation: intervals (Wilson, patient bootstrap) -> metrics (counts, curves, calibration)
-  -> figures (training, evaluation) -> audit_figures (Grad-CAM, audit, outside the split) ->
-  gradcam -> audit (shortcut audit) -> external (other image sets) -> model_card
-- predict (the ``cxr-predict`` console script) and dag (Snakefile / dvc.yaml lockstep) use
-  the modules above; cli (argument types of scripts/) uses none.
+  -> figures (training, evaluation) -> audit_figures (Grad-CAM overlays, audit, outside the
+  split) -> gradcam -> predict (the ``cxr-predict`` console script) -> audit (shortcut audit)
+  -> external (other image sets) -> summary (seeds) -> model_card. Evaluation imports no
+  training module (:data:`TRAINING`): a trained model is read from its file, so editing
+  training code does not touch evaluation.
+- cli (argument types of scripts/): imported by the scripts only, no module imports it.
+- dag (workflow tooling: Snakefile / dvc.yaml) is outside the flow: it may import any of the
+  modules above, and none imports it.
+
+A script in scripts/ may import cxr.cli and the modules of its own stage and those before it
+(the features script no training module past features; evaluation scripts no training).
 """
 
 #: Class names in label-index order. Index 1 (``covid``) is the positive class everywhere:
 #: ``p_covid`` is the softmax column 1, sensitivity is recall on ``covid``.
 CLASSES = ("non_covid", "covid")
 LABEL_INDEX = {name: i for i, name in enumerate(CLASSES)}
+
+#: The modules in data-flow order: a module imports only modules before it (and ``cxr``).
+FLOW = (
+    "io",
+    "runtime",
+    "sources",
+    "images",
+    "manifest",
+    "protocols",
+    "split",
+    "augment",
+    "store",
+    "model",
+    "features",
+    "batches",
+    "resume",
+    "train",
+    "intervals",
+    "metrics",
+    "figures",
+    "audit_figures",
+    "gradcam",
+    "predict",
+    "audit",
+    "external",
+    "summary",
+    "model_card",
+    "cli",
+    "dag",
+)
+#: The training modules, which no evaluation module (:data:`EVALUATION`) may import.
+TRAINING = ("features", "batches", "resume", "train")
+#: The evaluation modules.
+EVALUATION = (
+    "intervals",
+    "metrics",
+    "figures",
+    "audit_figures",
+    "gradcam",
+    "predict",
+    "audit",
+    "external",
+    "summary",
+    "model_card",
+)

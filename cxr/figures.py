@@ -15,9 +15,6 @@ References
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -27,6 +24,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from cxr import CLASSES  # noqa: E402
+from cxr.io import atomic_path  # noqa: E402
 from cxr.metrics import format_interval  # noqa: E402
 
 WRONG = "tab:red"
@@ -43,11 +41,8 @@ def save_png(fig: Figure, path, dpi: int) -> None:
     """
     if dpi < 1:
         raise ValueError(f"dpi must be >= 1, got {dpi}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
 
 
 def curves_figure(history: pd.DataFrame, title: str) -> Figure:

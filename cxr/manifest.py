@@ -419,9 +419,3 @@ def near_duplicates(manifest: pd.DataFrame, max_distance: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=NEAR_DUPLICATE_COLUMNS).sort_values(
         ["path_a", "path_b"], ignore_index=True
     )
-
-
-def write_csv(df: pd.DataFrame, path) -> None:
-    """Write a table as CSV with fixed formatting (``\\n`` line ends, no index)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False, lineterminator="\n")

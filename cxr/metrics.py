@@ -27,16 +27,14 @@ References
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cxr import CLASSES
 from cxr.intervals import check_confidence, clustered_bootstrap_auc, proportion_intervals
+from cxr.io import write_csv, write_json, write_table
 
 PREDICTION_COLUMNS = ("path", "patient_id", "label", "predicted", "p_covid")
 
@@ -162,14 +160,6 @@ def predictions_frame(store: dict, p_covid: np.ndarray) -> pd.DataFrame:
     )
 
 
-def _atomic_write_text(path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_metrics(metrics: dict, path) -> None:
     """Write a metrics dict as indented JSON (NaN refused), atomically.
 
@@ -181,7 +171,7 @@ def write_metrics(metrics: dict, path) -> None:
     for value in metrics.values():
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{path}: non-finite metric {value}")
-    _atomic_write_text(path, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    write_json(metrics, path)
 
 
 def write_predictions(frame: pd.DataFrame, path) -> None:
@@ -190,7 +180,7 @@ def write_predictions(frame: pd.DataFrame, path) -> None:
     ``p_covid`` is written with 6 decimals; ``predicted`` was computed before rounding, so it
     is the class the metrics counted. The folder of ``path`` is created.
     """
-    _atomic_write_text(path, frame.to_csv(index=False, float_format="%.6f"))
+    write_csv(frame, path, float_format="%.6f")
 
 
 def calibration(y_true, p_covid, n_bins: int = 10) -> dict:
@@ -319,8 +309,8 @@ def evaluation_summary(
 
 def write_curves(roc: pd.DataFrame, pr: pd.DataFrame, roc_path, pr_path) -> None:
     """Write :func:`roc_pr_curves` tables as CSV (6 significant digits), atomically."""
-    _atomic_write_text(roc_path, roc.to_csv(index=False, float_format="%.6g"))
-    _atomic_write_text(pr_path, pr.to_csv(index=False, float_format="%.6g"))
+    write_table(roc, roc_path)
+    write_table(pr, pr_path)
 
 
 def write_calibration(cal: dict, path) -> None:
@@ -331,7 +321,7 @@ def write_calibration(cal: dict, path) -> None:
     """
     frame = pd.DataFrame(cal["bins"])
     frame.insert(0, "bin", range(len(frame)))
-    _atomic_write_text(path, frame.to_csv(index=False, float_format="%.6g"))
+    write_table(frame, path)
 
 
 def format_interval(entry: dict | None, digits: int = 3) -> str:
@@ -342,18 +332,3 @@ def format_interval(entry: dict | None, digits: int = 3) -> str:
     if lo is None or hi is None:
         return f"{est:.{digits}f}"
     return f"{est:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-
-
-def write_json(obj, path) -> None:
-    """Write any JSON-ready object, indented, atomically (NaN and infinities refused)."""
-    _atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
-
-
-def write_table(frame: pd.DataFrame, path) -> None:
-    """Write a DataFrame as CSV (floats to 6 significant digits), atomically."""
-    _atomic_write_text(path, frame.to_csv(index=False, float_format="%.6g"))
-
-
-def write_text(text: str, path) -> None:
-    """Write text (e.g. Markdown) atomically; the folder of ``path`` is created."""
-    _atomic_write_text(path, text)

@@ -105,10 +105,12 @@ def write_overlay(path, heat: np.ndarray) -> Path:
 
     from cxr.audit_figures import overlay_heatmap
     from cxr.images import load_rgb
+    from cxr.io import atomic_path
 
     path = Path(path)
     out = path.with_name(path.stem + OVERLAY_SUFFIX)
-    Image.fromarray(overlay_heatmap(load_rgb(path), heat)).save(out, format="PNG")
+    with atomic_path(out) as tmp:
+        Image.fromarray(overlay_heatmap(load_rgb(path), heat)).save(tmp, format="PNG")
     return out
 
 
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
     print("cxr-predict: research and teaching only, not a diagnostic tool", file=sys.stderr)
 
     if a.threads:
-        from cxr.train import configure_threads
+        from cxr.runtime import configure_threads
 
         configure_threads(a.threads)
     from cxr.model import load_model

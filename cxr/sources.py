@@ -31,6 +31,8 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from cxr.io import atomic_path, write_text
+
 COVID_DIR = "covid-chestxray-dataset"
 KERMANY_DIR = "chest_xray"
 #: Kermany viral pneumonia files, relative to the archive's ``chest_xray/`` folder.
@@ -145,7 +147,7 @@ def write_sums(folder) -> Path:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != LOCK_NAME)
     lines = [f"{file_hash(p)}  {p.relative_to(folder).as_posix()}" for p in files]
     lock = folder / LOCK_NAME
-    lock.write_text("\n".join(lines) + "\n")
+    write_text("\n".join(lines) + "\n", lock)
     return lock
 
 
@@ -156,13 +158,11 @@ def copy_verified(src, dst, sha256: str) -> None:
     ------
     ChecksumError naming ``src`` if the bytes do not match; the bad copy is removed.
     """
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)
-    actual = file_hash(dst)
-    if actual != sha256:
-        dst.unlink()
-        raise ChecksumError(src, sha256, actual)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+        actual = file_hash(tmp)
+        if actual != sha256:
+            raise ChecksumError(src, sha256, actual)
 
 
 def copy_from_mirror(mirror, prefix: str, out_dir, keep=lambda rel: True, dest=None) -> int:
@@ -409,12 +409,9 @@ def acquire_weights(out_path, *, source=None) -> Path:
     source = Path(source)
     if not source.is_file():
         raise FileNotFoundError(f"{source}: pretrained weights file not found")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    shutil.copyfile(source, tmp)
-    actual = file_hash(tmp, "md5")
-    if actual != WEIGHTS_MD5:
-        tmp.unlink()
-        raise ChecksumError(source, WEIGHTS_MD5, actual)
-    os.replace(tmp, out_path)
+    with atomic_path(out_path) as tmp:
+        shutil.copyfile(source, tmp)
+        actual = file_hash(tmp, "md5")
+        if actual != WEIGHTS_MD5:
+            raise ChecksumError(source, WEIGHTS_MD5, actual)
     return out_path

@@ -22,7 +22,8 @@ a = p.parse_args()
 import pandas as pd  # noqa: E402
 
 from cxr.audit import blind_baselines  # noqa: E402
-from cxr.metrics import format_interval, write_json  # noqa: E402
+from cxr.io import write_json  # noqa: E402
+from cxr.metrics import format_interval  # noqa: E402
 from cxr.store import load_store  # noqa: E402
 
 test_store = load_store(a.test_store)

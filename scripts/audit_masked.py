@@ -18,13 +18,14 @@ p.add_argument("--confidence", type=float, required=True)
 p.add_argument("--threads", type=int, default=1)
 a = p.parse_args()
 
-from cxr.train import configure_threads  # noqa: E402
+from cxr.runtime import configure_threads  # noqa: E402
 
 configure_threads(a.threads)
 
 from cxr.audit import masked_result  # noqa: E402
 from cxr.gradcam import check_box, mask_box  # noqa: E402
-from cxr.metrics import format_interval, write_json  # noqa: E402
+from cxr.io import write_json  # noqa: E402
+from cxr.metrics import format_interval  # noqa: E402
 from cxr.model import load_model  # noqa: E402
 from cxr.predict import predict_p_covid  # noqa: E402
 from cxr.store import load_store  # noqa: E402

@@ -8,7 +8,8 @@ from PIL import Image
 
 from cxr.augment import augment_one, plan
 from cxr.images import load_rgb
-from cxr.manifest import COLUMNS, describe_image, write_csv
+from cxr.io import atomic_path, write_csv
+from cxr.manifest import COLUMNS, describe_image
 
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--train", required=True, help="data/splits/train.csv")
@@ -25,7 +26,8 @@ rows = []
 for index, parent, seed in plan(list(covid.index), a.target, a.seed):
     img = augment_one(load_rgb(parent), seed)
     path = out / f"aug_{index:05d}_{Path(parent).stem}.png"
-    Image.fromarray(img).save(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(img).save(tmp)
     rec = covid.loc[parent]
     # Hashes, size and depth of the augmented file itself (not its parent's): read back
     # through the one loader, as the manifest describes every image.

@@ -27,7 +27,7 @@ p.add_argument("--calibration_bins", type=int, required=True, help="equal-width 
 p.add_argument("--threads", type=int, default=1)
 a = p.parse_args()
 
-from cxr.train import configure_threads  # noqa: E402
+from cxr.runtime import configure_threads  # noqa: E402
 
 configure_threads(a.threads)
 

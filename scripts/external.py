@@ -50,7 +50,7 @@ missing = [f"--{k}" for k in need if getattr(a, k) is None]
 if missing:
     p.error(f"mode {a.mode} needs {' '.join(missing)}")
 
-from cxr.train import configure_threads  # noqa: E402
+from cxr.runtime import configure_threads  # noqa: E402
 
 configure_threads(a.threads)
 
@@ -69,12 +69,8 @@ from cxr.external import (  # noqa: E402
     summarise,
 )
 from cxr.figures import roc_pr_figure, save_png  # noqa: E402
-from cxr.metrics import (  # noqa: E402
-    format_interval,
-    roc_pr_curves,
-    write_json,
-    write_table,
-)
+from cxr.io import write_json, write_table  # noqa: E402
+from cxr.metrics import format_interval, roc_pr_curves  # noqa: E402
 from cxr.model import load_model  # noqa: E402
 
 bootstrap = dict(

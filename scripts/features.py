@@ -3,7 +3,7 @@
 With the feature cache on (``--cache_features true --realtime_augmentation false``, config
 ``train``): computes, for each split store given, the outputs of ``cxr.model.CACHE_LAYERS``
 (block3_pool, block4_pool, block5_pool) of the ImageNet VGG19 base in one forward pass per
-image, and writes them with their frozen-weights digests (``cxr.store.save_features``).
+image, and writes them with their frozen-weights digests (``cxr.features.save_features``).
 Stage 1 trains the head on block5_pool, stage 2 block 5 + head on block4_pool, stage 3
 blocks 4-5 + head on block3_pool (``scripts/train.py --features ...``); each stage checks the
 digest against its own starting model and computes its features itself where they do not fit.
@@ -34,7 +34,7 @@ if len(a.out) != len(a.stores):
     p.error(f"--out needs one path per store: {len(a.stores)} stores, {len(a.out)} paths")
 sys.stdout.reconfigure(line_buffering=True)
 
-from cxr.store import feature_cache_off, file_digest, load_store, save_features  # noqa: E402
+from cxr.features import feature_cache_off, save_features  # noqa: E402
 
 off = feature_cache_off(a.cache_features, a.realtime_augmentation)
 if off is not None:
@@ -43,14 +43,16 @@ if off is not None:
         print(f"{out}: feature cache off ({off})")
     sys.exit(0)
 
-from cxr.train import configure_threads  # noqa: E402
+from cxr.runtime import configure_threads  # noqa: E402
 
 configure_threads(a.threads)
 
 import time  # noqa: E402
 
+from cxr.features import compute_features  # noqa: E402
 from cxr.model import CACHE_LAYERS, base_of, build_model, frozen_digest  # noqa: E402
-from cxr.train import compute_features  # noqa: E402
+from cxr.sources import file_hash  # noqa: E402
+from cxr.store import load_store  # noqa: E402
 
 layers = a.layers or list(CACHE_LAYERS)
 model = None
@@ -63,6 +65,6 @@ for store_path, out in zip(a.stores, a.out, strict=True):
     t0 = time.perf_counter()
     features = compute_features(model, store["images"], layers, a.batch_size)
     seconds = time.perf_counter() - t0
-    save_features(out, features, store["labels"], digests, file_digest(store_path))
+    save_features(out, features, store["labels"], digests, file_hash(store_path))
     shapes = {name: x.shape for name, x in features.items()}
     print(f"{store_path} -> {out}: {len(store['labels'])} images, {seconds:.1f} s, {shapes}")

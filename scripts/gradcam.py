@@ -25,7 +25,7 @@ p.add_argument("--dpi", type=int, required=True)
 p.add_argument("--threads", type=int, default=1)
 a = p.parse_args()
 
-from cxr.train import configure_threads  # noqa: E402
+from cxr.runtime import configure_threads  # noqa: E402
 
 configure_threads(a.threads)
 
@@ -36,7 +36,8 @@ from cxr import CLASSES  # noqa: E402
 from cxr.audit_figures import gradcam_grid_figure  # noqa: E402
 from cxr.figures import save_png  # noqa: E402
 from cxr.gradcam import box_area, check_box, gradcam, heat_fraction, pick_sample  # noqa: E402
-from cxr.metrics import predicted_labels, write_json, write_table  # noqa: E402
+from cxr.io import write_json, write_table  # noqa: E402
+from cxr.metrics import predicted_labels  # noqa: E402
 from cxr.model import load_model  # noqa: E402
 from cxr.store import load_store  # noqa: E402
 

@@ -2,7 +2,8 @@
 
 import argparse
 
-from cxr.manifest import build_manifest, near_duplicates, write_csv
+from cxr.io import write_csv
+from cxr.manifest import build_manifest, near_duplicates
 
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--covid", required=True, help="acquired covid-chestxray-dataset folder")

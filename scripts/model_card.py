@@ -25,7 +25,7 @@ a = p.parse_args()
 
 import pandas as pd  # noqa: E402
 
-from cxr.metrics import write_text  # noqa: E402
+from cxr.io import write_text  # noqa: E402
 from cxr.model_card import render  # noqa: E402
 
 

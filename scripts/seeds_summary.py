@@ -1,8 +1,8 @@
 """Rule seeds_summary: model_03 test metrics of every seed's run -> mean and spread."""
 
 import argparse
-from pathlib import Path
 
+from cxr.io import write_csv, write_text
 from cxr.summary import summarize, to_markdown
 
 p = argparse.ArgumentParser(description=__doc__)
@@ -12,7 +12,6 @@ p.add_argument("--csv", required=True, help="summary table to write (CSV)")
 p.add_argument("--markdown", required=True, help="both tables (Markdown)")
 a = p.parse_args()
 runs, summary = summarize(a.metrics, a.seeds)
-Path(a.csv).parent.mkdir(parents=True, exist_ok=True)
-summary.to_csv(a.csv, index=False, lineterminator="\n")
-Path(a.markdown).write_text(to_markdown(runs, summary))
+write_csv(summary, a.csv)
+write_text(to_markdown(runs, summary), a.markdown)
 print(to_markdown(runs, summary))

@@ -23,7 +23,8 @@ a = p.parse_args()
 from cxr.audit import shortcut_audit  # noqa: E402
 from cxr.audit_figures import audit_figure  # noqa: E402
 from cxr.figures import save_png  # noqa: E402
-from cxr.metrics import format_interval, write_json  # noqa: E402
+from cxr.io import write_json  # noqa: E402
+from cxr.metrics import format_interval  # noqa: E402
 
 
 def load(path):

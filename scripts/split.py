@@ -4,7 +4,7 @@ import argparse
 
 import pandas as pd
 
-from cxr.manifest import write_csv
+from cxr.io import write_csv
 from cxr.split import SPLITS, split_manifest
 
 p = argparse.ArgumentParser(description=__doc__)

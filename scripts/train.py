@@ -106,13 +106,13 @@ a = p.parse_args()
 sys.stdout.reconfigure(line_buffering=True)
 
 # Thread pools first: TensorFlow fixes them when its runtime starts.
-from cxr.train import configure_threads  # noqa: E402
+from cxr.runtime import configure_threads  # noqa: E402
 
 configure_threads(a.threads)
 
 import tensorflow as tf  # noqa: E402
 
-from cxr.train import train_stage  # noqa: E402
+from cxr.train import TrainSettings, train_stage  # noqa: E402
 
 print(f"train {a.model}: {vars(a)}", flush=True)
 visible = tf.config.list_physical_devices("GPU")
@@ -124,26 +124,8 @@ train_stage(
     a.val,
     a.model,
     a.history,
+    TrainSettings.from_args(a),
     pretrained=a.pretrained,
     init=a.init,
-    seed=a.seed,
-    batch_size=a.batch_size,
-    realtime_augmentation=a.realtime_augmentation,
-    dense_units=tuple(a.dense_units),
-    dropout=tuple(a.dropout),
-    early_stopping_monitor=a.early_stopping_monitor,
-    patience=a.patience,
-    checkpoint_monitor=a.checkpoint_monitor,
-    epochs=a.epochs,
-    frozen_layers=a.frozen_layers,
-    optimizer=a.optimizer,
-    learning_rate=a.learning_rate,
-    decay=a.decay,
-    momentum=a.momentum,
-    nesterov=a.nesterov,
-    workers=a.threads,
-    devices=a.devices,
-    verbose=2,
-    cache_features=a.cache_features,
     features=a.features,
 )

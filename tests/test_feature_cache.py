@@ -17,6 +17,14 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from cxr.features import (  # noqa: E402
+    UnusableFeatures,
+    compute_features,
+    features_meta,
+    load_features,
+    save_features,
+)
+from cxr.io import save_keras  # noqa: E402
 from cxr.model import (  # noqa: E402
     CACHE_LAYERS,
     base_of,
@@ -26,16 +34,9 @@ from cxr.model import (  # noqa: E402
     load_model,
     trainable_tail,
 )
-from cxr.store import (  # noqa: E402
-    UnusableFeatures,
-    features_meta,
-    file_digest,
-    load_features,
-    load_store,
-    save_features,
-    save_store,
-)
-from cxr.train import compute_features, train_stage  # noqa: E402
+from cxr.sources import file_hash  # noqa: E402
+from cxr.store import load_store, save_store  # noqa: E402
+from cxr.train import TrainSettings, train_stage  # noqa: E402
 
 from .conftest import REPO  # noqa: E402
 
@@ -64,26 +65,30 @@ def stores(tmp_path_factory):
     return root
 
 
-def run(stores, out, stage, init=None, **kwargs):
+def run(stores, out, stage, init=None, features=None, **kwargs):
     """Train one stage (2 epochs, batch 4, no augmentation); returns (model, history rows)."""
     model = out / f"{stage}.keras"
-    rows = train_stage(
-        stores / "train.npz",
-        stores / "val.npz",
-        model,
-        out / f"{stage}.csv",
-        init=init,
+    settings = TrainSettings(
         seed=3,
         batch_size=4,
         epochs=2,
         realtime_augmentation=False,
         patience=None,
         checkpoint_monitor="loss",  # the last epoch (loss falls): both runs keep the same one
-        workers=2,
+        threads=2,
         verbose=0,
         **HEAD,
         **STAGES[stage],
         **kwargs,
+    )
+    rows = train_stage(
+        stores / "train.npz",
+        stores / "val.npz",
+        model,
+        out / f"{stage}.csv",
+        settings,
+        init=init,
+        features=features,
     )
     return load_model(model), rows
 
@@ -173,9 +178,7 @@ def test_feature_files_give_the_in_memory_result_and_are_checked(stores, tmp_pat
         store = load_store(stores / f"{split}.npz")
         path = tmp_path / f"features/{split}.npz"
         features = compute_features(model, store["images"], CACHE_LAYERS)
-        save_features(
-            path, features, store["labels"], digests, file_digest(stores / f"{split}.npz")
-        )
+        save_features(path, features, store["labels"], digests, file_hash(stores / f"{split}.npz"))
         paths.append(path)
         got = load_features(path, "block4_pool", digests["block4_pool"])
         np.testing.assert_array_equal(got, features["block4_pool"])
@@ -192,7 +195,7 @@ def test_feature_files_give_the_in_memory_result_and_are_checked(stores, tmp_pat
     # stage 3 from a model whose blocks 1-3 differ from the cache's: the files do not fit, so
     # the stage computes its block3_pool features itself: the same run as without the files
     keras.utils.set_random_seed(99)
-    build_model(32, **HEAD).save(tmp_path / "other.keras")
+    save_keras(build_model(32, **HEAD), tmp_path / "other.keras")
     other = dict(init=tmp_path / "other.keras", cache_features=True)
     c = run(stores, tmp_path / "x", "model_03", features=paths, **other)
     d = run(stores, tmp_path / "y", "model_03", **other)

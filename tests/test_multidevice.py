@@ -22,8 +22,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from cxr.runtime import make_strategy, replica_batch_size  # noqa: E402
 from cxr.store import save_store  # noqa: E402
-from cxr.train import make_strategy, replica_batch_size  # noqa: E402
 
 from .conftest import REPO  # noqa: E402
 
@@ -36,7 +36,8 @@ TWO_CPUS = """
 
     import keras
     from cxr.model import load_model
-    from cxr.train import describe_strategy, make_strategy, train_stage
+    from cxr.runtime import describe_strategy, make_strategy
+    from cxr.train import TrainSettings, train_stage
 
     step = keras.Model.train_step
 
@@ -50,32 +51,32 @@ TWO_CPUS = """
     strategy = make_strategy(devices)
     rows = train_stage(
         f"{root}/train.npz", f"{root}/val.npz", f"{root}/m.keras", f"{root}/h.csv",
-        batch_size=batch_size, epochs=1, seed=1, frozen_layers=17, dense_units=(16, 8),
-        workers=1, verbose=0, devices=devices,
+        TrainSettings(batch_size=batch_size, epochs=1, seed=1, frozen_layers=17,
+                      dense_units=(16, 8), threads=1, verbose=0, devices=devices),
     )
     model = load_model(f"{root}/m.keras")
 
     # Stopped in its second epoch and run again: resumes under the strategy too.
-    from cxr.train import StageCheckpoint
+    from cxr.resume import StageCheckpoint
 
     def stop(self, batch, logs=None):
         if self.state and self.state["epoch"] == 1:
             raise KeyboardInterrupt
 
     StageCheckpoint.on_train_batch_end = stop
-    again = dict(
+    again = TrainSettings(
         batch_size=batch_size, epochs=2, seed=1, frozen_layers=17, dense_units=(16, 8),
-        workers=1, verbose=0, devices=devices,
+        threads=1, verbose=0, devices=devices,
     )
     try:
         train_stage(f"{root}/train.npz", f"{root}/val.npz", f"{root}/r.keras", f"{root}/r.csv",
-                    **again)
+                    again)
     except KeyboardInterrupt:
         pass
     del StageCheckpoint.on_train_batch_end
     print("RESUME", flush=True)
     resumed = train_stage(
-        f"{root}/train.npz", f"{root}/val.npz", f"{root}/r.keras", f"{root}/r.csv", **again
+        f"{root}/train.npz", f"{root}/val.npz", f"{root}/r.keras", f"{root}/r.csv", again
     )
     print(json.dumps({
         "replicas": strategy.num_replicas_in_sync,

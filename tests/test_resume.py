@@ -26,14 +26,11 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from cxr.io import save_keras  # noqa: E402
 from cxr.model import build_model, load_model  # noqa: E402
+from cxr.resume import StageBackup, StageCheckpoint, backup_dir_for  # noqa: E402
 from cxr.store import save_store  # noqa: E402
-from cxr.train import (  # noqa: E402
-    StageBackup,
-    StageCheckpoint,
-    backup_dir_for,
-    train_stage,
-)
+from cxr.train import TrainSettings, train_stage  # noqa: E402
 
 from .conftest import MIRROR, REPO, WEIGHTS, copy_checkout  # noqa: E402
 
@@ -99,20 +96,22 @@ SETTINGS = dict(
     early_stopping_monitor="val_accuracy",
     patience=1,
     checkpoint_monitor="val_loss",
-    workers=2,
+    threads=2,
     verbose=0,
 )
 
 
 def test_stopped_mid_epoch_resumes_as_if_never_stopped(stores, tmp_path, monkeypatch, capsys):
     train, val = stores / "train.npz", stores / "val.npz"
-    ref = train_stage(train, val, tmp_path / "ref/m.keras", tmp_path / "ref/h.csv", **SETTINGS)
+    ref = train_stage(
+        train, val, tmp_path / "ref/m.keras", tmp_path / "ref/h.csv", TrainSettings(**SETTINGS)
+    )
     assert 2 <= len(ref) < SETTINGS["epochs"], "the reference run must stop early"
 
     model, history = tmp_path / "run/models/m.keras", tmp_path / "run/h.csv"
     stop_in_epoch(monkeypatch, epoch=2)
     with pytest.raises(Stop):
-        train_stage(train, val, model, history, **SETTINGS)
+        train_stage(train, val, model, history, TrainSettings(**SETTINGS))
     backup = backup_dir_for(model)
     assert backup == tmp_path / "run/models/.backup/m"
     state = json.loads((backup / "state.json").read_text())
@@ -126,7 +125,7 @@ def test_stopped_mid_epoch_resumes_as_if_never_stopped(stores, tmp_path, monkeyp
 
     monkeypatch.undo()
     capsys.readouterr()
-    rows = train_stage(train, val, model, history, **SETTINGS)
+    rows = train_stage(train, val, model, history, TrainSettings(**SETTINGS))
     out = capsys.readouterr().out
     assert "epochs 1-1 done, from epoch 2" in out
     # same epochs (the early stop included), losses, accuracies, learning rates
@@ -135,6 +134,8 @@ def test_stopped_mid_epoch_resumes_as_if_never_stopped(stores, tmp_path, monkeyp
         read_history(tmp_path / "ref/h.csv")
     )
     assert same_weights(model, tmp_path / "ref/m.keras")
+    # and the same bytes: the .keras file is a function of the model (cxr.io.save_keras)
+    assert model.read_bytes() == (tmp_path / "ref/m.keras").read_bytes()
     assert sorted(p.name for p in model.parent.iterdir()) == ["m.keras"]  # backup removed
 
 
@@ -151,11 +152,11 @@ def test_stopped_after_training_only_publishes(stores, tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(cxr.train, "publish", fail)
     with pytest.raises(Stop):
-        train_stage(train, val, model, history, **kwargs)
+        train_stage(train, val, model, history, TrainSettings(**kwargs))
     assert not model.exists() and history.exists()
     monkeypatch.undo()
     capsys.readouterr()
-    rows = train_stage(train, val, model, history, **kwargs)
+    rows = train_stage(train, val, model, history, TrainSettings(**kwargs))
     out = capsys.readouterr().out
     assert "training had finished (2 epochs)" in out and "Epoch" not in out
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -169,10 +170,12 @@ def test_backup_of_other_settings_is_discarded(stores, tmp_path, monkeypatch, ca
     model, history = tmp_path / "m.keras", tmp_path / "h.csv"
     stop_in_epoch(monkeypatch, epoch=2)
     with pytest.raises(Stop):
-        train_stage(train, val, model, history, **kwargs)
+        train_stage(train, val, model, history, TrainSettings(**kwargs))
     monkeypatch.undo()
     capsys.readouterr()
-    rows = train_stage(train, val, model, history, **{**kwargs, "learning_rate": 2e-3})
+    rows = train_stage(
+        train, val, model, history, TrainSettings(**{**kwargs, "learning_rate": 2e-3})
+    )
     out = capsys.readouterr().out
     assert "other settings or inputs: starting afresh" in out
     assert "training from epoch 1" in out
@@ -221,10 +224,10 @@ def test_backup_missing_a_file_is_not_used(tmp_path, capsys):
 SLOW_TRAIN = """
     # scripts/train.py with each training batch slowed down and its (epoch, index) recorded.
     import os, runpy, sys, time
-    import cxr.train
+    import cxr.batches
 
     progress, delay = os.environ["CXR_TEST_PROGRESS"], float(os.environ["CXR_TEST_DELAY"])
-    get = cxr.train.AugmentedBatches.__getitem__
+    get = cxr.batches.AugmentedBatches.__getitem__
 
     def slow(self, index):
         with open(progress, "a") as f:
@@ -232,7 +235,7 @@ SLOW_TRAIN = """
         time.sleep(delay)
         return get(self, index)
 
-    cxr.train.AugmentedBatches.__getitem__ = slow
+    cxr.batches.AugmentedBatches.__getitem__ = slow
     sys.argv = sys.argv[1:]
     runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -278,7 +281,7 @@ def test_kill_9_mid_epoch_then_same_command_resumes(tmp_path):
     stores = make_stores(tmp_path / "stores", n_train=16, n_val=6)
     keras.utils.set_random_seed(0)
     init = tmp_path / "model_01.keras"
-    build_model(32, dense_units=(16, 8)).save(init)
+    save_keras(build_model(32, dense_units=(16, 8)), init)
     (tmp_path / "slow_train.py").write_text(textwrap.dedent(SLOW_TRAIN))
     progress = tmp_path / "progress.txt"
     env = {**os.environ, "CXR_TEST_PROGRESS": str(progress), "CXR_TEST_DELAY": "0.3"}

@@ -11,17 +11,12 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from cxr.batches import AugmentedBatches, class_weights, one_hot  # noqa: E402
+from cxr.io import save_keras  # noqa: E402
 from cxr.model import base_of, build_model, load_model  # noqa: E402
+from cxr.resume import HISTORY_COLUMNS  # noqa: E402
 from cxr.store import save_store  # noqa: E402
-from cxr.train import (  # noqa: E402
-    HISTORY_COLUMNS,
-    AugmentedBatches,
-    class_weights,
-    head_of,
-    one_hot,
-    start_model,
-    train_stage,
-)
+from cxr.train import TrainSettings, head_of, start_model, train_stage  # noqa: E402
 
 BLOCK4 = [f"block4_conv{i}" for i in range(1, 5)]
 BLOCK5 = [f"block5_conv{i}" for i in range(1, 5)]
@@ -131,17 +126,16 @@ def read_history(path):
 
 
 def test_weight_handoff_through_the_three_stages(stores, tmp_path):
-    common = dict(batch_size=4, epochs=1, seed=1, realtime_augmentation=True, workers=2, verbose=0)
+    common = dict(batch_size=4, epochs=1, seed=1, realtime_augmentation=True, threads=2, verbose=0)
     m1, m2, m3 = (tmp_path / f"models/model_0{i}.keras" for i in (1, 2, 3))
     train, val = stores / "train.npz", stores / "val.npz"
-    rows1 = train_stage(train, val, m1, tmp_path / "h1.csv", frozen_layers="all", **common)
-    train_stage(train, val, m2, tmp_path / "h2.csv", init=m1, frozen_layers=17, **common)
+    rows1 = train_stage(
+        train, val, m1, tmp_path / "h1.csv", TrainSettings(frozen_layers="all", **common)
+    )
     train_stage(
-        train,
-        val,
-        m3,
-        tmp_path / "h3.csv",
-        init=m2,
+        train, val, m2, tmp_path / "h2.csv", TrainSettings(frozen_layers=17, **common), init=m1
+    )
+    stage3 = TrainSettings(
         frozen_layers=12,
         optimizer="sgd",
         learning_rate=1e-4,
@@ -150,6 +144,7 @@ def test_weight_handoff_through_the_three_stages(stores, tmp_path):
         nesterov=True,
         **common,
     )
+    train_stage(train, val, m3, tmp_path / "h3.csv", stage3, init=m2)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
         "model_01.keras",
         "model_02.keras",
@@ -182,19 +177,23 @@ def test_stage_refuses_both_starts(stores, tmp_path):
             stores / "val.npz",
             tmp_path / "m.keras",
             tmp_path / "h.csv",
+            TrainSettings(epochs=1),
             pretrained="x.h5",
             init="y.keras",
-            epochs=1,
         )
 
 
 def test_same_seed_same_model(stores, tmp_path):
-    kwargs = dict(batch_size=4, epochs=1, seed=7, frozen_layers=17, workers=2, verbose=0)
+    kwargs = dict(batch_size=4, epochs=1, seed=7, frozen_layers=17, threads=2, verbose=0)
     train, val = stores / "train.npz", stores / "val.npz"
     for run in ("a", "b"):
-        train_stage(train, val, tmp_path / f"{run}.keras", tmp_path / f"{run}.csv", **kwargs)
+        train_stage(
+            train, val, tmp_path / f"{run}.keras", tmp_path / f"{run}.csv", TrainSettings(**kwargs)
+        )
     a, b = load_model(tmp_path / "a.keras"), load_model(tmp_path / "b.keras")
     assert all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights(), strict=True))
+    # the same weights give the same file (issue 14 item 9)
+    assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
     ha, hb = read_history(tmp_path / "a.csv"), read_history(tmp_path / "b.csv")
     assert [r["loss"] for r in ha] == [r["loss"] for r in hb]
 
@@ -202,7 +201,7 @@ def test_same_seed_same_model(stores, tmp_path):
 def test_later_stage_checks_the_head_it_loads(tmp_path):
     keras.utils.set_random_seed(0)
     path = tmp_path / "m.keras"
-    build_model(32, dense_units=(16, 8), dropout=(0.25, 0.125)).save(path)
+    save_keras(build_model(32, dense_units=(16, 8), dropout=(0.25, 0.125)), path)
     model = start_model(32, init=path, dense_units=(16, 8), dropout=(0.25, 0.125))
     assert head_of(model) == ((16, 8), (0.25, 0.125))
     with pytest.raises(ValueError, match="head"):

@@ -13,7 +13,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from cxr.store import features_meta, load_store
+from cxr.features import features_meta
+from cxr.store import load_store
 
 from .conftest import REPO, WEIGHTS, copy_checkout, snakemake
 

@@ -1,0 +1,213 @@
+"""Atomic file writers: every output of the pipeline is written here, whole or not at all.
+
+Each writer writes to a temporary file in the destination's own folder (so the final rename
+stays on one filesystem), named ``<stem>.tmp<suffix>`` (the suffix kept, since Keras, NumPy
+and Matplotlib choose the format from it; a rerun overwrites a leftover of a killed run), and
+then renames it onto the destination with ``os.replace``, which POSIX makes atomic: a reader,
+Snakemake or DVC sees the old file or the new one, never a half-written one.
+
+fsync policy (one, for every writer): the temporary file's data is flushed to disk with
+``os.fsync`` before the rename, because on ext4/XFS a rename can reach the disk before the
+data it names, and a power loss could then leave a complete-looking but empty file (the
+resumable training state relies on that order). The folder itself is not fsynced: after a
+crash the rename may be lost, which leaves the previous file, not a broken one. The cost is
+one flush per output file, small next to producing any of them.
+
+A ``.keras`` model is saved by :func:`save_keras` only, which also makes the file's bytes a
+function of the model alone (see there).
+
+References: POSIX ``rename(2)``; "Ensuring data reaches disk", https://lwn.net/Articles/457667/
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+#: Zip entry time of every entry of a saved ``.keras`` file: 1980-01-01 00:00:00, the
+#: earliest the zip format holds (what Keras already uses for its JSON entries).
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def temporary_path(path) -> Path:
+    """The temporary name :func:`atomic_path` writes ``path`` under: ``<stem>.tmp<suffix>``
+    beside it (e.g. ``models/m.keras`` -> ``models/m.tmp.keras``)."""
+    path = Path(path)
+    return path.with_name(path.stem + ".tmp" + path.suffix)
+
+
+def commit(tmp, path) -> None:
+    """Flush ``tmp`` to disk (``os.fsync``), then rename it onto ``path`` (atomic).
+
+    Raises
+    ------
+    OSError
+        If ``tmp`` cannot be opened or renamed (e.g. another filesystem).
+    """
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """Context manager yielding the temporary path to write ``path`` through.
+
+    The folder of ``path`` is created. On a normal exit the temporary file is committed
+    (:func:`commit`); on an exception it is removed and ``path`` is left as it was.
+
+    Examples
+    --------
+    >>> with atomic_path("out/fig.png") as tmp:  # doctest: +SKIP
+    ...     fig.savefig(tmp, format="png")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        commit(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(data: bytes, path) -> None:
+    """Write ``data`` to ``path`` atomically; the folder is created."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(text: str, path) -> None:
+    """Write ``text`` (UTF-8, line ends as given: no newline translation) atomically."""
+    write_bytes(text.encode("utf-8"), path)
+
+
+def write_json(obj, path, indent: int = 2) -> None:
+    """Write a JSON-ready object, indented, with a final newline, atomically.
+
+    Raises
+    ------
+    ValueError
+        If a value is NaN or infinite (not valid JSON).
+    TypeError
+        If a value is not JSON-serialisable.
+    """
+    write_text(json.dumps(obj, indent=indent, allow_nan=False) + "\n", path)
+
+
+def write_csv(frame, path, float_format: str | None = None) -> None:
+    """Write a DataFrame as CSV (no index, ``\\n`` line ends), atomically.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame.
+    float_format : printf format of floats (e.g. ``"%.6g"``); None: pandas' shortest
+        round-trip repr (the tables of the data steps, whose values are read back).
+    """
+    write_text(frame.to_csv(index=False, lineterminator="\n", float_format=float_format), path)
+
+
+def write_table(frame, path) -> None:
+    """Write a DataFrame of results as CSV, floats to 6 significant digits, atomically."""
+    write_csv(frame, path, float_format="%.6g")
+
+
+def savez(path, **arrays) -> None:
+    """``numpy.savez`` (uncompressed; loads with ``allow_pickle=False`` unless an array holds
+    objects) to ``path`` atomically. ``path`` is written as named (no ``.npz`` added)."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def publish(source, path) -> None:
+    """Put a copy of ``source`` at ``path`` atomically, leaving ``source`` in place.
+
+    A hard link to the temporary name (a copy where the filesystem has none: another
+    filesystem, FAT, some network mounts), committed by :func:`commit`; the file's mtime is
+    then set to now, so it is as new as the job (a link keeps the source's time).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    commit(tmp, path)
+    os.utime(path)
+
+
+_SHARED_ID = re.compile(rb'"shared_object_id": (\d+)')
+
+
+def _renumber_shared_ids(config: bytes) -> bytes:
+    """Replace ``shared_object_id`` values (Python ``id()``s: memory addresses) by 0, 1, ...
+    in order of first appearance; equal ids stay equal, which is all Keras uses them for."""
+    numbers: dict[bytes, int] = {}
+
+    def number(match: re.Match) -> bytes:
+        value = numbers.setdefault(match.group(1), len(numbers))
+        return b'"shared_object_id": %d' % value
+
+    return _SHARED_ID.sub(number, config)
+
+
+def _drop_date_saved(metadata: bytes) -> bytes:
+    """``metadata.json`` without ``date_saved`` (the save time; Keras does not read it)."""
+    record = json.loads(metadata)
+    record.pop("date_saved", None)
+    return json.dumps(record).encode()
+
+
+def normalise_keras(source, path) -> None:
+    """Copy a Keras ``.keras`` zip from ``source`` to ``path`` with its run-dependent bytes
+    made fixed: ``shared_object_id`` values renumbered in order of appearance
+    (config.json), no ``date_saved`` (metadata.json), every entry's time :data:`ZIP_TIME`.
+    Entry names, order and compression are kept; the weights entry is copied unchanged."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(path, "w") as dst:
+        for info in src.infolist():
+            entry = zipfile.ZipInfo(info.filename, date_time=ZIP_TIME)
+            entry.compress_type = info.compress_type
+            entry.external_attr = info.external_attr
+            if info.filename == "config.json":
+                dst.writestr(entry, _renumber_shared_ids(src.read(info)))
+            elif info.filename == "metadata.json":
+                dst.writestr(entry, _drop_date_saved(src.read(info)))
+            else:
+                big = info.file_size >= zipfile.ZIP64_LIMIT
+                with src.open(info) as f, dst.open(entry, "w", force_zip64=big) as g:
+                    shutil.copyfileobj(f, g, 1 << 20)
+
+
+def save_keras(model, path) -> None:
+    """Save a Keras model (``model.save``: architecture, weights, optimiser) to ``path``
+    (``.keras``) atomically, as bytes that depend only on the model: the same architecture,
+    weights and optimiser state give the same file (see :func:`normalise_keras`), so a
+    checksum (DVC's md5) compares models. The file loads with ``keras.saving.load_model``
+    as Keras' own does.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` does not end in ``.keras``.
+    """
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ValueError(f"{path}: a model is saved as .keras")
+    raw = path.with_name(path.stem + ".raw" + path.suffix)
+    with atomic_path(path) as tmp:
+        try:
+            model.save(raw)
+            normalise_keras(raw, tmp)
+        finally:
+            raw.unlink(missing_ok=True)
