@@ -9,7 +9,7 @@ Modules follow the data flow, and each imports only from those before it:
 - model: model (VGG19 + head, stage freezing) -> train
 - evaluation: metrics (intervals, curves, calibration) -> figures -> gradcam -> audit
   (shortcut audit) -> external (other image sets) -> model_card
-- predict (the ``cxr-predict`` console script) and dag (Snakefile / dvc.yaml lockstep) use
+- predict (the ``cxr-predict`` console script) and dag (dvc.yaml from the Snakefile) use
   the modules above; cli (argument types of scripts/) uses none.
 """
 
