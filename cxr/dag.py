@@ -10,19 +10,11 @@ DVC only inside the functions that need them. From the repository root::
                                        # must be clean, then `snakemake --touch --forceall ARGS`
     python -m cxr.dag pull [-- ARGS]   # `dvc pull ARGS`, then sync
 
-``write`` builds Snakemake's DAG of the default target under config.yaml alone (its Python API,
-every job forced, with enough cores that each rule gets its declared threads) and writes one
-DVC stage per job: the job's shell command without its log redirection, its inputs as deps plus
-the script and every ``cxr`` module that script imports (transitively), its outputs as outs
-(JSON outputs as metrics), and the config keys of its ``config_params`` (rules/common.smk) as
-params. Those options are written as DVC templates (``--seed ${split.seed}``), so DVC follows
-config.yaml and ``dvc exp run -S``: a list of fixed length (schema minItems == maxItems) is
-indexed (``${train.dropout[0]}``); a list of any length can only reach a DVC command through a
-dict, so the stage becomes a one-item ``foreach`` (``<rule>@config``) whose item holds those
-lists and ``${item}`` unpacks them (``--views PA AP 'AP Supine'``); a null is templated as
-``None``, which ``cxr.cli.optional`` reads as unset. A rule with several jobs (``evaluate``)
-becomes a ``foreach`` over its varying wildcards. Rules that DVC cannot express are in
-``SNAKEMAKE_ONLY``, with the reason; they must have no job in the default DAG.
+``write`` writes one DVC stage per job of Snakemake's default DAG under config.yaml: the rule's
+command with its ``config_params`` as DVC templates (``--seed ${split.seed}``), its inputs plus
+the script and the ``cxr`` modules it imports as deps, its outputs as outs (JSON: metrics), its
+config keys as params. How, and why some rules stay Snakemake-only (``SNAKEMAKE_ONLY``):
+docs/workflow.md.
 """
 
 from __future__ import annotations
@@ -34,6 +26,7 @@ import re
 import shlex
 import subprocess
 import sys
+import textwrap
 from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
@@ -343,12 +336,7 @@ def render(root: Path) -> str:
 
 
 def _wrap(lines: list[str], width: int = 96) -> list[str]:
-    import textwrap
-
-    out = []
-    for line in lines:
-        out += textwrap.wrap(line, width, subsequent_indent="#   ") or [line]
-    return out
+    return [w for line in lines for w in textwrap.wrap(line, width, subsequent_indent="#   ")]
 
 
 # --- keeping Snakemake in step after DVC ----------------------------------------------------

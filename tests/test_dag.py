@@ -143,3 +143,17 @@ def test_each_seed_run_depends_on_its_own_files_only(checkout):
     assert set(cards) == {"", "runs/seed_3/", "runs/seed_5/"}
     for run, inputs in cards.items():
         assert f"{run}reports/external/external.json" in inputs
+
+
+def test_optional_reads_a_dvc_null_as_unset():
+    import argparse
+
+    from cxr.cli import optional
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--max_per_class", type=optional(int))
+    assert p.parse_args([]).max_per_class is None  # Snakemake leaves a null out
+    assert p.parse_args(["--max_per_class", "None"]).max_per_class is None  # DVC: 'None'
+    assert p.parse_args(["--max_per_class", "20"]).max_per_class == 20
+    with pytest.raises(SystemExit):
+        p.parse_args(["--max_per_class", "twenty"])
