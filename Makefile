@@ -43,7 +43,7 @@ run: install
 		$(if $(RUN_CONFIG),--config $(RUN_CONFIG))
 
 lint: install
-	PATH=$(abspath $(BIN)):$$PATH sh -c 'ruff check . && ruff format --check . && snakefmt --check Snakefile rules && snakemake --lint'
+	PATH=$(abspath $(BIN)):$$PATH sh -c 'ruff check . && ruff format --check . && snakefmt --check Snakefile rules && snakemake --lint && python -m cxr.dag write --check'
 
 # Lint, then every test (unit and end-to-end on the real mirror in $(SHARED); the SLURM test
 # submits through the plugin, hence install-slurm).
@@ -51,7 +51,7 @@ test: lint install-slurm
 	PATH=$(abspath $(BIN)):$$PATH CXR_SHARED=$(SHARED) python -m pytest -ra
 
 format: install
-	$(BIN)/ruff format . && $(BIN)/snakefmt Snakefile rules
+	$(BIN)/ruff format . && $(BIN)/snakefmt Snakefile rules && $(BIN)/python -m cxr.dag write
 
 clean:
 	rm -rf data models reports logs benchmarks .snakemake

@@ -15,8 +15,11 @@ report: "report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/acquire.smk"
 include: "rules/data.smk"
-include: "rules/model.smk"
-include: "rules/evaluation.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/audit.smk"
+include: "rules/external.smk"
+include: "rules/report.smk"
 include: "rules/seeds.smk"
 
 
@@ -24,6 +27,9 @@ rule all:
     default_target: True
     input:
         DATA_OUTPUTS,
-        MODEL_OUTPUTS,
-        EVALUATION_OUTPUTS,
+        TRAIN_OUTPUTS,
+        EVALUATE_OUTPUTS,
+        AUDIT_OUTPUTS,
+        EXTERNAL_OUTPUTS,
+        REPORT_OUTPUTS,
         SEEDS_OUTPUTS,

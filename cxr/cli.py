@@ -23,3 +23,20 @@ def boolean(text: str) -> bool:
     if text.lower() in ("false", "0", "no"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+#: How a null config value reaches a script: DVC templates it as ``None``.
+NULL_WORDS = ("None", "null", "")
+
+
+def optional(kind=str):
+    """argparse type: ``None``/``null``/empty -> None, anything else -> ``kind(text)``.
+
+    Snakemake leaves an unset option out; DVC cannot, and templates a null as ``None``.
+    """
+
+    def parse(text: str):
+        return None if text in NULL_WORDS else kind(text)
+
+    parse.__name__ = f"optional {kind.__name__}"  # argparse names the type in its errors
+    return parse

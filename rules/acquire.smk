@@ -1,4 +1,7 @@
 # Raw inputs, checksummed: downloaded from the pinned upstreams, or copied from `mirror:`.
+# A failed download is one line in the log (URL, cause, what to do); its traceback goes to
+# logs/acquire_<what>.traceback, not declared as a log, so that --show-failed-logs prints
+# the one line only.
 
 
 localrules:
@@ -16,12 +19,12 @@ rule acquire_covid:
     conda:
         "../envs/cxr.yaml"
     params:
-        url=config["acquire"]["covid_base_url"],
-        mirror=optional_arg("--mirror", config["mirror"]),
+        options=config_params("acquire.covid_base_url", "mirror"),
     message:
         "Acquiring the covid-chestxray-dataset"
     shell:
-        "python scripts/acquire.py covid --out {output:q} --url {params.url:q} {params.mirror} > {log:q} 2>&1"
+        "python scripts/acquire.py covid --out {output:q} {params.options}"
+        " --traceback logs/acquire_covid.traceback > {log:q} 2>&1"
 
 
 # Kermany et al. 2018: the viral pneumonia files only.
@@ -33,13 +36,12 @@ rule acquire_kermany:
     conda:
         "../envs/cxr.yaml"
     params:
-        url=config["acquire"]["kermany_url"],
-        sha256=optional_arg("--sha256", config["acquire"].get("kermany_sha256")),
-        mirror=optional_arg("--mirror", config["mirror"]),
+        options=config_params("acquire.kermany_url", "acquire.kermany_sha256", "mirror"),
     message:
         "Acquiring the Kermany viral pneumonia X-rays"
     shell:
-        "python scripts/acquire.py kermany --out {output:q} --url {params.url:q} {params.sha256} {params.mirror} > {log:q} 2>&1"
+        "python scripts/acquire.py kermany --out {output:q} {params.options}"
+        " --traceback logs/acquire_kermany.traceback > {log:q} 2>&1"
 
 
 # Keras VGG19 ImageNet notop weights, md5-checked.
@@ -51,8 +53,9 @@ rule acquire_weights:
     conda:
         "../envs/cxr.yaml"
     params:
-        weights=optional_arg("--weights", config["pretrained_weights"]),
+        options=config_params("pretrained_weights"),
     message:
         "Fetching the VGG19 ImageNet weights"
     shell:
-        "python scripts/acquire.py weights --out {output:q} {params.weights} > {log:q} 2>&1"
+        "python scripts/acquire.py weights --out {output:q} {params.options}"
+        " --traceback logs/acquire_weights.traceback > {log:q} 2>&1"

@@ -1,5 +1,5 @@
-# Shared by all rules: config validation (schema with defaults), quoting of config values
-# that reach a shell, and the lists of final targets.
+# Shared by all rules: config validation (schema with defaults), the config options each
+# rule passes to its script, and the lists of final targets.
 import os
 import re
 import shlex
@@ -31,11 +31,6 @@ shell.prefix(
 )
 
 
-def optional_arg(flag, value):
-    """'--flag VALUE' (shell-quoted) when value is set, else an empty string."""
-    return f"{flag} {shlex.quote(str(value))}" if value else ""
-
-
 def with_resources(message):
     """A rule's message plus its threads and resources, so that a dry run (also with
     --profile profiles/slurm) shows what each job would ask a scheduler for."""
@@ -44,24 +39,83 @@ def with_resources(message):
 
 
 # The split-to-report chain runs once at the top level (run = "") and, for each seed in
-# config `seeds`, again under runs/seed_<N>/ with that seed as split, augment and train seed.
+# config `seeds`, again under runs/seed_<N>/ with N as the value of RUN_SEED_KEYS.
 wildcard_constraints:
     run=r"(runs/seed_\d+/)?",
 
 
 config["seeds"] = [int(seed) for seed in config["seeds"]]
 SEED_RUNS = [f"runs/seed_{seed}/" for seed in config["seeds"]]
+RUN_SEED_KEYS = ("split.seed", "augment.seed", "train.seed")
 
 
-def run_seed(section):
-    """Params function: config[section]["seed"], or N inside runs/seed_N/."""
+class ConfigOptions(str):
+    """The options ``--<last key part> <value>`` of some config keys, as one shell string.
 
-    def seed(wildcards):
-        match = re.fullmatch(r"runs/seed_(\d+)/", wildcards.run)
-        return int(match.group(1)) if match else config[section]["seed"]
+    A str (Snakemake records it as a param, so a changed value reruns the job); ``.keys``
+    maps each config key to its value (cxr.dag renders them as DVC templates and params);
+    ``.<option>`` is a value, for messages. None is left out, booleans are true/false,
+    lists are several words.
+    """
 
-    return seed
+    def __new__(cls, keys):
+        words = []
+        for key, value in keys.items():
+            if value is None:
+                continue
+            values = value if isinstance(value, list) else [value]
+            words.append(f"--{key.rsplit('.', 1)[-1]}")
+            words += [str(v).lower() if isinstance(v, bool) else str(v) for v in values]
+        self = super().__new__(cls, shlex.join(words))
+        self.keys = dict(keys)
+        return self
 
+    def __getattr__(self, option):
+        for key, value in self.__dict__.get("keys", {}).items():
+            if key.rsplit(".", 1)[-1] == option:
+                return value
+        raise AttributeError(option)
+
+
+def config_value(key):
+    value = config
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def config_params(*keys):
+    """Params function: the ConfigOptions of config ``keys`` (dotted, e.g. "split.seed").
+
+    Each option is named for the key's last part (the script's argparse name). Inside
+    runs/seed_N/, the keys of RUN_SEED_KEYS are N.
+    """
+    names = [key.rsplit(".", 1)[-1] for key in keys]
+    if len(set(names)) < len(names):
+        raise ValueError(f"config_params{keys}: two keys give the same option name")
+
+    def options(wildcards):
+        run = re.fullmatch(r"runs/seed_(\d+)/", wildcards.get("run", ""))
+        return ConfigOptions(
+            {
+                key: (
+                    int(run.group(1))
+                    if run and key in RUN_SEED_KEYS
+                    else config_value(key)
+                )
+                for key in keys
+            }
+        )
+
+    return options
+
+
+# The ROC AUC interval of every scored set (evaluate.smk, audit.smk, external.smk).
+BOOTSTRAP = (
+    "evaluate.bootstrap_resamples",
+    "evaluate.bootstrap_seed",
+    "evaluate.confidence",
+)
 
 SPLITS = ["train", "val", "test"]
 PRETRAINED = "models/pretrained/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"

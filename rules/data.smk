@@ -21,21 +21,20 @@ rule manifest:
         mem_mb=2000,
         runtime=30,
     params:
-        covid_findings=config["manifest"]["covid_findings"],
-        modality=config["manifest"]["modality"],
-        views=config["manifest"]["views"],
-        min_side=config["manifest"]["min_side"],
-        max_pixels=config["manifest"]["max_pixels"],
-        near_duplicate_distance=config["manifest"]["near_duplicate_distance"],
+        options=config_params(
+            "manifest.covid_findings",
+            "manifest.modality",
+            "manifest.views",
+            "manifest.min_side",
+            "manifest.max_pixels",
+            "manifest.near_duplicate_distance",
+        ),
     message:
         with_resources("Building the image manifest")
     shell:
         "python scripts/manifest.py --covid {input.covid:q} --kermany {input.kermany:q}"
         " --manifest {output.manifest:q} --excluded {output.excluded:q}"
-        " --near_duplicates {output.near_duplicates:q}"
-        " --near_duplicate_distance {params.near_duplicate_distance}"
-        " --covid_findings {params.covid_findings:q} --modality {params.modality:q}"
-        " --views {params.views:q} --min_side {params.min_side} --max_pixels {params.max_pixels}"
+        " --near_duplicates {output.near_duplicates:q} {params.options}"
         " > {log:q} 2>&1"
 
 
@@ -58,18 +57,18 @@ rule split:
         mem_mb=1000,
         runtime=10,
     params:
-        seed=run_seed("split"),
-        test_per_class=config["split"]["test_per_class"],
-        val_fraction=config["split"]["val_fraction"],
-        max_per_class=config["split"]["max_per_class"],
+        options=config_params(
+            "split.seed",
+            "split.test_per_class",
+            "split.val_fraction",
+            "split.max_per_class",
+        ),
     message:
-        with_resources("Splitting by patient (seed {params.seed})")
+        with_resources("Splitting by patient (seed {params.options.seed})")
     shell:
         "python scripts/split.py --manifest {input.manifest:q}"
         " --near_duplicates {input.near_duplicates:q}"
-        " --out {output.train:q} {output.val:q} {output.test:q}"
-        " --seed {params.seed} --test_per_class {params.test_per_class}"
-        " --val_fraction {params.val_fraction} --max_per_class {params.max_per_class}"
+        " --out {output.train:q} {output.val:q} {output.test:q} {params.options}"
         " > {log:q} 2>&1"
 
 
@@ -91,13 +90,12 @@ rule augment:
         mem_mb=2000,
         runtime=30,
     params:
-        seed=run_seed("augment"),
-        target=config["augment"]["target"],
+        options=config_params("augment.seed", "augment.target"),
     message:
-        with_resources("Augmenting training COVID images to {params.target}")
+        with_resources("Augmenting training COVID images to {params.options.target}")
     shell:
         "python scripts/augment.py --train {input:q} --images {output.images:q}"
-        " --csv {output.csv:q} --seed {params.seed} --target {params.target} > {log:q} 2>&1"
+        " --csv {output.csv:q} {params.options} > {log:q} 2>&1"
 
 
 # Every split image decoded once, resized to image_size, into data/store/{split}.npz.
@@ -123,10 +121,10 @@ rule preprocess:
         mem_mb=4000,
         runtime=30,
     params:
-        image_size=config["preprocess"]["image_size"],
+        options=config_params("preprocess.image_size"),
     message:
-        with_resources("Preprocessing the splits to {params.image_size} px")
+        with_resources("Preprocessing the splits to {params.options.image_size} px")
     shell:
         "python scripts/preprocess.py --splits {input.train:q} {input.val:q} {input.test:q}"
         " --augmented {input.augmented:q} --out {output.train:q} {output.val:q} {output.test:q}"
-        " --image_size {params.image_size} > {log:q} 2>&1"
+        " {params.options} > {log:q} 2>&1"

@@ -23,9 +23,9 @@ rule seeds_summary:
         mem_mb=1000,
         runtime=5,
     params:
-        seeds=config["seeds"],
+        options=config_params("seeds"),
     message:
-        with_resources("Summarising test metrics over seeds {params.seeds}")
+        with_resources("Summarising test metrics over seeds {params.options.seeds}")
     shell:
-        "python scripts/seeds_summary.py --metrics {input:q} --seeds {params.seeds}"
+        "python scripts/seeds_summary.py --metrics {input:q} {params.options}"
         " --csv {output.csv:q} --markdown {output.markdown:q} > {log:q} 2>&1"

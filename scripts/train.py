@@ -21,12 +21,7 @@ import argparse
 import os
 import sys
 
-from cxr.cli import boolean
-
-
-def optional_int(text: str) -> int | None:
-    """An int, or None for 'None'/'null'/''."""
-    return None if text in ("None", "null", "") else int(text)
+from cxr.cli import boolean, optional
 
 
 def frozen(text: str) -> int | str:
@@ -65,7 +60,7 @@ p.add_argument(
 )
 p.add_argument("--dropout", type=float, nargs=2, default=[0.5, 0.3], help="as --dense_units")
 p.add_argument("--early_stopping_monitor", required=True)
-p.add_argument("--patience", type=optional_int, required=True, help="None: no early stopping")
+p.add_argument("--patience", type=optional(int), help="epochs; not given: no early stopping")
 p.add_argument("--checkpoint_monitor", required=True)
 p.add_argument("--epochs", type=int, required=True)
 p.add_argument("--frozen_layers", type=frozen, required=True, help="'all' or an int")

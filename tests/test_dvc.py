@@ -1,8 +1,7 @@
-"""DVC beside Snakemake: dvc.yaml is the Snakefile's DAG (lockstep check), and both tools agree
-on a real smoke run in a temporary git clone.
+"""DVC beside Snakemake: dvc.yaml is generated from the Snakemake rules (regenerated, it must
+equal the committed file), and both tools agree on a real smoke run in a temporary git clone.
 
-The lockstep tests run ``python -m cxr.dag check`` on this checkout and on copies with one
-disagreement planted each (it must fail, naming it). The end-to-end tests (marked e2e) share
+The end-to-end tests (marked e2e) share
 one scenario run once per module, in order, on the real mirror with the smoke overlay merged
 into the clone's config.yaml (DVC reads only config.yaml; Snakemake then needs no overlay
 either): ``dvc repro`` twice; ``cxr.dag sync``; Snakemake redoing the data half over DVC's
@@ -29,7 +28,7 @@ from cxr.sources import file_hash
 from .conftest import REPO, WEIGHTS, copy_checkout
 
 #: Stages a split.seed change must not rerun: nothing they read depends on the split.
-BEFORE_SPLIT = {"acquire_covid", "acquire_kermany", "acquire_weights", "manifest"}
+BEFORE_SPLIT = {"acquire_covid", "acquire_kermany", "acquire_weights", "manifest@config"}
 STORE = ("data/store/train.npz", "data/store/val.npz", "data/store/test.npz")
 
 
@@ -115,170 +114,38 @@ def write_config(path: Path, overlay: dict) -> None:
     )
 
 
-# --- the checker's parts ----------------------------------------------------------------
+# --- one DAG: dvc.yaml is generated from the rules ---------------------------------------
 
 
-def test_normalize_command_reads_argv_as_the_scripts_do():
-    # Snakemake: optional_arg leaves out --mirror when null; DVC passes the null as None.
-    smk = "python s.py a --x 'A B' C --flag True  --n 2 > logs/s.log 2>&1"
-    dvc_cmd = "python s.py a --n 2 --mirror 'None' --flag true --x 'A B' C"
-    assert dag.normalize_command(smk) == dag.normalize_command(dvc_cmd)
-    assert dag.normalize_command(smk) == (
-        ("python", "s.py", "a"),
-        (("--flag", ("true",)), ("--n", ("2",)), ("--x", ("A B", "C"))),
+def test_committed_dvc_yaml_is_what_the_rules_generate(tmp_path):
+    """`python -m cxr.dag write` on a copy of this checkout gives the committed dvc.yaml."""
+    copy = copy_checkout(tmp_path)
+    (copy / "dvc.yaml").unlink()
+    run([sys.executable, "-m", "cxr.dag", "write"], copy)
+    assert (copy / "dvc.yaml").read_text() == (REPO / "dvc.yaml").read_text(), (
+        "dvc.yaml is not what the rules give: run `python -m cxr.dag write` and commit it"
     )
-    assert dag.normalize_command("python s.py --n 2") != dag.normalize_command("python s.py --n 3")
-    assert dag.normalize_command("python s.py --m") != dag.normalize_command("python s.py")
-    assert dag.normalize_command("python s.py --v A B") != dag.normalize_command(
-        "python s.py --v B A"
+    assert run([sys.executable, "-m", "cxr.dag", "write", "--check"], copy).returncode == 0
+
+
+def test_write_check_fails_when_a_rule_changes(tmp_path):
+    copy = copy_checkout(tmp_path)
+    rules = copy / "rules/data.smk"
+    rules.write_text(
+        rules.read_text().replace('"augment.target"', '"augment.target", "report.dpi"')
     )
-
-
-def test_probe_configs_change_each_key_in_its_own_probes_and_stay_valid(tmp_path):
-    import jsonschema
-
-    base = yaml.safe_load((REPO / "config.yaml").read_text())
-    schema = yaml.safe_load((REPO / "schemas/config.schema.yaml").read_text())
-    probes, codes = dag.probe_configs(base, schema, tmp_path)
-    keys = dag.leaves(base)
-    assert set(codes) == set(keys) - dag.STRUCTURAL_KEYS
-    assert {"split.seed", "manifest.views", "mirror", "train.model_03.nesterov"} <= set(codes)
-    assert len(set(codes.values())) == len(codes)  # every key has its own set of probes
-    width = {len(code) for code in codes.values()}
-    assert len(width) == 1 and width.pop() >= 2  # so a param reading two keys matches none
-    for i, probe in enumerate(probes):
-        jsonschema.validate(probe, schema)
-        changed = {k for k, v in dag.leaves(probe).items() if v != keys[k]}
-        assert changed == {k for k, code in codes.items() if i in code}
+    checked = run([sys.executable, "-m", "cxr.dag", "write", "--check"], copy, check=False)
+    assert checked.returncode == 1 and "python -m cxr.dag write" in checked.stdout
 
 
 def test_imported_modules_follow_imports_through_cxr():
-    assert dag.imported_modules(REPO, "scripts/acquire.py") == {"cxr/__init__.py", "cxr/sources.py"}
+    assert dag.imported_modules(REPO, "scripts/acquire.py") == {
+        "cxr/__init__.py",
+        "cxr/cli.py",
+        "cxr/sources.py",
+    }
     through_store = dag.imported_modules(REPO, "scripts/preprocess.py")
     assert {"cxr/store.py", "cxr/images.py", "cxr/split.py"} <= through_store
-
-
-# --- lockstep: Snakefile and dvc.yaml ---------------------------------------------------
-
-
-def check(*roots: Path) -> tuple[int, dict[str, list[str]]]:
-    """Exit status and ``{root: [differences]}`` of ``python -m cxr.dag check --json ROOTS``.
-
-    One process for all roots: Snakemake's import (plugin discovery) is paid once.
-    """
-    cmd = [sys.executable, "-m", "cxr.dag", "check", "--json", *map(str, roots)]
-    proc = subprocess.run(
-        cmd,
-        cwd=roots[0],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    assert proc.stdout.startswith("{"), proc.stdout + proc.stderr
-    return proc.returncode, json.loads(proc.stdout)
-
-
-def test_snakefile_and_dvc_yaml_agree():
-    returncode, found = check(REPO)
-    assert found == {str(REPO): []} and returncode == 0
-
-
-EXTRA_RULE = """
-
-rule extra_stats:
-    input:
-        "data/splits/train.csv",
-    output:
-        "reports/extra_stats.txt",
-    shell:
-        "python scripts/extra_stats.py --train {input:q} --out {output:q}"
-"""
-EXTRA_STAGE = """
-  extra_stats:
-    cmd: python scripts/extra_stats.py --train data/splits/train.csv --out reports/extra.txt
-    deps:
-      - data/splits/train.csv
-    outs:
-      - reports/extra.txt
-"""
-
-
-def _append(path: str, text: str):
-    return lambda root: (root / path).write_text((root / path).read_text() + text)
-
-
-def _replace(path: str, old: str, new: str):
-    def edit(root: Path) -> None:
-        text = (root / path).read_text()
-        assert text.count(old) == 1, f"{old!r} not once in {path}"
-        (root / path).write_text(text.replace(old, new))
-
-    return edit
-
-
-#: name: (how to plant a disagreement in a copy of the checkout, what check must then say)
-PLANTED = {
-    "rule-only-in-snakemake": (
-        _append("rules/data.smk", EXTRA_RULE),
-        "rule extra_stats has no stage in dvc.yaml",
-    ),
-    "stage-only-in-dvc": (
-        _replace("dvc.yaml", "\nplots:", EXTRA_STAGE + "\nplots:"),
-        "stage extra_stats in dvc.yaml has no rule",
-    ),
-    # 42 for both keys in config.yaml: only the probe configs tell them apart.
-    "dvc-templates-another-key": (
-        _replace("dvc.yaml", "--seed ${split.seed}", "--seed ${augment.seed}"),
-        "split / stage split: option --seed",
-    ),
-    "rule-reads-another-key": (
-        _replace("rules/data.smk", 'run_seed("split")', 'run_seed("augment")'),
-        "split / stage split: option --seed",
-    ),
-    "param-not-listed": (
-        _replace("dvc.yaml", "          - split.seed\n", ""),
-        "config keys read only by Snakemake ['split.seed']",
-    ),
-    "input-not-a-dep": (
-        _replace(
-            "dvc.yaml",
-            "- data/splits/train.csv\n      - scripts/augment.py",
-            "- scripts/augment.py",
-        ),
-        "augment / stage augment: inputs only in Snakemake ['data/splits/train.csv']",
-    ),
-    "output-not-an-out": (
-        _replace("dvc.yaml", "        - reports/curves/${key}_pr.csv\n", ""),
-        "outputs only in Snakemake ['reports/curves/model_01_val_pr.csv']",
-    ),
-    "module-not-a-dep": (
-        _replace(
-            "dvc.yaml",
-            "report.py\n      - cxr/__init__.py\n      - cxr/figures.py\n",
-            "report.py\n      - cxr/__init__.py\n",
-        ),
-        "stage report: code deps missing ['cxr/figures.py']",
-    ),
-}
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory) -> dict[str, list[str]]:
-    """For each PLANTED disagreement: a copy of this checkout with it, checked (one run)."""
-    roots = {}
-    for name, (plant, _) in PLANTED.items():
-        roots[name] = copy_checkout(tmp_path_factory.mktemp(name))
-        plant(roots[name])
-    returncode, found = check(*roots.values())
-    assert returncode == 1
-    return {name: found[str(root)] for name, root in roots.items()}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(PLANTED))
-def test_lockstep_check_fails_when_the_tools_disagree(planted, name):
-    expected = PLANTED[name][1]
-    assert [p for p in planted[name] if expected in p], planted[name]
 
 
 # --- end to end: both tools on one clone --------------------------------------------------
@@ -355,7 +222,9 @@ def scenario(tmp_path_factory, mirror) -> dict:
     seed = top / "seed3.yaml"
     seed.write_text("split:\n  seed: 3\n")
     step("dry_seed", snakemake, c1, "-n", "--configfile", str(seed))
+    s["split_before"] = {n: file_hash(c1 / f"data/splits/{n}.csv") for n in ("train", "test")}
     step("exp_seed", dvc, c1, "exp", "run", "-S", "config.yaml:split.seed=3")
+    s["split_after"] = {n: file_hash(c1 / f"data/splits/{n}.csv") for n in ("train", "test")}
     s["params_after_seed"] = dvc_json(c1, "params", "diff")
     run([sys.executable, "-m", "cxr.dag", "sync"], c1)
     step("dry_after_seed", snakemake, c1, "-n")
@@ -369,7 +238,7 @@ def test_dvc_repro_runs_every_stage_once_then_none(scenario):
     assert sorted(ran) == sorted(scenario["stages"]) and len(ran) == len(set(ran))
     assert {
         "acquire_covid",
-        "manifest",
+        "manifest@config",
         "train_model_03",
         "evaluate@model_03_test",
         "report",
@@ -450,6 +319,9 @@ def test_split_seed_reruns_split_and_everything_after_in_both_tools(scenario):
     rules = {name.split("@")[0] for name in after_split}
     plan = planned(scenario["dry_seed"].stdout)
     assert set(plan) == rules and plan["evaluate"] == 4 and plan["split"] == 1
+    # The stage's command follows the param: another seed, another split.
+    assert scenario["split_after"]["test"] != scenario["split_before"]["test"]
+    assert scenario["split_after"]["train"] != scenario["split_before"]["train"]
     seed = scenario["params_after_seed"]["config.yaml"]["split.seed"]
     assert (seed["old"], seed["new"]) == (42, 3)
     assert planned(scenario["dry_after_seed"].stdout) == {}

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cxr import dag
+
 from .conftest import MIRROR, REPO, WEIGHTS, copy_checkout
 
 # What the smoke run through SLURM builds; extend when the workflow grows (e.g. seeds).
@@ -200,12 +202,20 @@ def slurm_cluster():
                     proc.wait()
 
 
+def _rule_names(workdir: Path) -> list[str]:
+    """The rules of ``snakemake --list-rules``: only its lines that are names (its output also
+    holds Snakemake's profile notice), each checked against the Snakefile's rules (API)."""
+    listed = _snakemake(workdir, "--list-rules", "--configfile", "tests/config/smoke.yaml")
+    assert listed.returncode == 0, listed.stdout[-3000:]
+    names = [line for line in listed.stdout.splitlines() if re.fullmatch(r"[A-Za-z_]\w*", line)]
+    rules = dag.rule_names(workdir, configfiles=["tests/config/smoke.yaml"])
+    assert sorted(names) == sorted(rules), listed.stdout[-3000:]
+    return names
+
+
 def _slurm_args(workdir: Path, partition: str) -> list[str]:
     """The slurm profile with test-only overrides: partition, small memory and time."""
-    rules = _snakemake(workdir, "--list-rules", "--configfile", "tests/config/smoke.yaml")
-    names = rules.stdout.split()
-    assert rules.returncode == 0 and "manifest" in names, rules.stdout[-3000:]
-    small = [f"{rule}:mem_mb={TEST_MEM_MB}" for rule in names]  # rules' own mem_mb too
+    small = [f"{rule}:mem_mb={TEST_MEM_MB}" for rule in _rule_names(workdir)]  # own mem_mb too
     return [
         "--profile",
         "profiles/slurm",
@@ -223,6 +233,14 @@ def _slurm_args(workdir: Path, partition: str) -> list[str]:
 def _submitted(stdout: str) -> dict[str, Path]:
     """SLURM job id -> its slurm log, as the plugin reported each submission."""
     return {jid: Path(log) for jid, log in SUBMITTED.findall(stdout)}
+
+
+def test_rule_names_are_rules_only(tmp_path):
+    """Issue 14, item 7: the names given to --set-resources are the rules, and no word of
+    Snakemake's notices ("Using workflow specific profile ...")."""
+    names = _rule_names(copy_checkout(tmp_path))
+    assert {"manifest", "train_model_01", "model_card", "all"} <= set(names)
+    assert not {"Using", "profile", "workflow"} & set(names)
 
 
 def test_slurm_profile_not_overridden_by_default_profile():

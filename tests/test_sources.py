@@ -210,7 +210,7 @@ def _one_failure_line(out: str, url: str, cause: str):
 
 def test_unreachable_host_is_one_line_naming_url_and_cause(tmp_path):
     base = f"http://127.0.0.1:{_closed_port()}/"
-    rc, out = _acquire(tmp_path, "covid", "--out", str(tmp_path / "raw"), "--url", base)
+    rc, out = _acquire(tmp_path, "covid", "--out", str(tmp_path / "raw"), "--covid_base_url", base)
     assert rc == 1
     _one_failure_line(out, base + "metadata.csv", "connection refused")
     assert "ConnectionRefusedError" in (tmp_path / "traceback.txt").read_text()
@@ -219,7 +219,7 @@ def test_unreachable_host_is_one_line_naming_url_and_cause(tmp_path):
 def test_http_404_is_one_line_naming_url_and_status(http_server, tmp_path):
     url, _ = http_server
     out_dir = str(tmp_path / "raw")
-    rc, out = _acquire(tmp_path, "kermany", "--out", out_dir, "--url", url + "ChestXRay2017.zip")
+    rc, out = _acquire(tmp_path, "kermany", "--out", out_dir, "--kermany_url", url + "ChestXRay2017.zip")
     assert rc == 1
     _one_failure_line(out, url + "ChestXRay2017.zip", "HTTP 404 File not found")
     assert "HTTPError" in (tmp_path / "traceback.txt").read_text()
@@ -229,8 +229,8 @@ def test_checksum_mismatch_is_one_line_naming_url_and_both_hashes(http_server, t
     url, www = http_server
     (www / "k.zip").write_bytes(b"not the archive")
     got = hashlib.sha256(b"not the archive").hexdigest()
-    args = ["kermany", "--out", str(tmp_path / "raw"), "--url", url + "k.zip"]
-    rc, out = _acquire(tmp_path, *args, "--sha256", "sha256:" + "0" * 64)
+    args = ["kermany", "--out", str(tmp_path / "raw"), "--kermany_url", url + "k.zip"]
+    rc, out = _acquire(tmp_path, *args, "--kermany_sha256", "sha256:" + "0" * 64)
     assert rc == 1
     _one_failure_line(
         out, url + "k.zip", f"checksum mismatch (expected sha256:{'0' * 64}, got {got})"
@@ -245,7 +245,7 @@ def test_covid_image_missing_upstream_is_skipped_with_its_url(http_server, tmp_p
     (www / "images").mkdir()
     (www / "metadata.csv").write_text("modality,filename\nX-ray,a.png\nX-ray,gone.png\nCT,ct.nii\n")
     (www / "images/a.png").write_bytes(b"png bytes")
-    rc, out = _acquire(tmp_path, "covid", "--out", str(tmp_path / "raw"), "--url", url)
+    rc, out = _acquire(tmp_path, "covid", "--out", str(tmp_path / "raw"), "--covid_base_url", url)
     assert rc == 0, out
     assert f"{url}images/gone.png: HTTP 404 File not found; the manifest will list it" in out
     assert (tmp_path / "raw/images/a.png").read_bytes() == b"png bytes"

@@ -7,7 +7,6 @@ resamples, 2 + 2 Grad-CAM images). File lists are written out here, not imported
 """
 
 import json
-import re
 import shutil
 
 import numpy as np
@@ -51,23 +50,6 @@ def check_interval(entry, name):
         assert entry["lower"] is None and entry["upper"] is None, name
     else:
         assert 0 <= entry["lower"] <= entry["estimate"] <= entry["upper"] <= 1, (name, entry)
-
-
-def test_config_keys_reach_their_scripts():
-    """Each audit/external key is a param of an evaluation rule and an option of the script."""
-    rules = (REPO / "rules/evaluation.smk").read_text()
-    options = {
-        "audit": ("gradcam", "audit_baselines", "shortcut_audit"),
-        "external": ("external",),
-    }
-    for section, scripts in options.items():
-        source = "".join((REPO / "scripts" / f"{s}.py").read_text() for s in scripts)
-        for key in CONFIG[section]:
-            if key in ("metadata", "images"):  # rule inputs, not params
-                assert f'EXTERNAL["{key}"]' in rules, key
-                continue
-            assert f'"--{key}"' in source, (section, key)
-            assert re.search(rf'{section.upper()}\["{key}"\]', rules), (section, key)
 
 
 @pytest.mark.e2e

@@ -1,0 +1,112 @@
+# Tests outside the split: ieee8023 adult viral pneumonia (always) and a labelled folder
+# from another source (config external.metadata; off if null).
+
+EXTERNAL = config["external"]
+
+# Values the schema cannot check, refused at parse time naming the config key.
+if EXTERNAL["metadata"] and not os.path.isfile(EXTERNAL["metadata"]):
+    raise ValueError(
+        f"config 'external.metadata': {EXTERNAL['metadata']!r} is not a file"
+    )
+if EXTERNAL["images"] and not os.path.isdir(EXTERNAL["images"]):
+    raise ValueError(
+        f"config 'external.images': {EXTERNAL['images']!r} is not a folder"
+    )
+
+EXTERNAL_OUTPUTS = [
+    "reports/external/ieee8023_viral.json",
+    "reports/figures/ieee8023_viral.png",
+    *(
+        [
+            "reports/external/external.json",
+            "reports/external/external_predictions.csv",
+            "reports/figures/external_roc_pr.png",
+        ]
+        if EXTERNAL["metadata"]
+        else []
+    ),
+]
+
+
+# Honesty check: model_03 on ieee8023 adult non-COVID viral pneumonia (same population).
+rule evaluate_ieee8023_viral:
+    input:
+        model="{run}models/model_03.keras",
+        excluded="data/interim/excluded.csv",
+        covid_dir=rules.acquire_covid.output[0],
+        test_predictions="{run}reports/predictions/model_03_test.csv",
+    output:
+        metrics="{run}reports/external/ieee8023_viral.json",
+        predictions="{run}reports/external/ieee8023_viral_predictions.csv",
+        errors="{run}reports/external/ieee8023_viral_errors.csv",
+        figure=report(
+            "{run}reports/figures/ieee8023_viral.png",
+            caption="../report/ieee8023_viral.rst",
+            category="4. Tests outside the split",
+        ),
+    log:
+        "{run}logs/evaluate_ieee8023_viral.log",
+    conda:
+        "../envs/cxr.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        options=config_params(
+            "external.ieee8023_viral_findings",
+            "manifest.views",
+            "evaluate.batch_size",
+            *BOOTSTRAP,
+            "evaluate.calibration_bins",
+            "report.dpi",
+        ),
+    message:
+        "Scoring ieee8023 adult non-COVID viral pneumonia with model_03"
+    shell:
+        "python scripts/external.py ieee8023 --model {input.model:q}"
+        " --excluded {input.excluded:q} --covid_dir {input.covid_dir:q}"
+        " --test_predictions {input.test_predictions:q}"
+        " --metrics {output.metrics:q} --predictions {output.predictions:q}"
+        " --errors {output.errors:q} --figure {output.figure:q}"
+        " --threads {threads} {params.options} > {log:q} 2>&1"
+
+
+# model_03 on a labelled folder from another source (config external.metadata; off if null).
+rule evaluate_external:
+    input:
+        model="{run}models/model_03.keras",
+        metadata=EXTERNAL["metadata"] or [],
+    output:
+        metrics="{run}reports/external/external.json",
+        predictions="{run}reports/external/external_predictions.csv",
+        errors="{run}reports/external/external_errors.csv",
+        figure=report(
+            "{run}reports/figures/external_roc_pr.png",
+            caption="../report/external.rst",
+            category="4. Tests outside the split",
+        ),
+    log:
+        "{run}logs/evaluate_external.log",
+    conda:
+        "../envs/cxr.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        options=config_params(
+            "external.images",
+            "evaluate.batch_size",
+            *BOOTSTRAP,
+            "evaluate.calibration_bins",
+            "report.dpi",
+        ),
+    message:
+        "Scoring the external test set with model_03"
+    shell:
+        "python scripts/external.py table --model {input.model:q}"
+        " --metadata {input.metadata:q}"
+        " --metrics {output.metrics:q} --predictions {output.predictions:q}"
+        " --errors {output.errors:q} --figure {output.figure:q}"
+        " --threads {threads} {params.options} > {log:q} 2>&1"
