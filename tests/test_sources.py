@@ -219,7 +219,9 @@ def test_unreachable_host_is_one_line_naming_url_and_cause(tmp_path):
 def test_http_404_is_one_line_naming_url_and_status(http_server, tmp_path):
     url, _ = http_server
     out_dir = str(tmp_path / "raw")
-    rc, out = _acquire(tmp_path, "kermany", "--out", out_dir, "--kermany_url", url + "ChestXRay2017.zip")
+    rc, out = _acquire(
+        tmp_path, "kermany", "--out", out_dir, "--kermany_url", url + "ChestXRay2017.zip"
+    )
     assert rc == 1
     _one_failure_line(out, url + "ChestXRay2017.zip", "HTTP 404 File not found")
     assert "HTTPError" in (tmp_path / "traceback.txt").read_text()
