@@ -210,6 +210,32 @@ def viral_context(viral: dict) -> dict:
     return out
 
 
+def within_context(within: dict) -> dict:
+    """Section Within-source check (``reports/external/ieee8023_adult.json``), as
+    :func:`viral_context`: ``within`` (None when no image was scored), ``within_failed``."""
+    out = viral_context(within)
+    return {"within": out["viral"], "within_failed": out["viral_failed"]}
+
+
+def protocol_context(selection: dict) -> dict:
+    """Section Protocol (``data/interim/selection.json`` of rule select): the protocol's name
+    and description, the sources it draws on, and the selected images per source, class and
+    age group (unknown ages included), with the exclusions by reason."""
+    rows = [
+        [c["source"], c["label"], c["age_group"], c["images"], c["patients"]]
+        for c in selection["counts"]
+    ]
+    return {
+        "protocol": selection["protocol"],
+        "protocol_description": selection["description"],
+        "protocol_sources": sorted({c["source"].split("-", 1)[0] for c in selection["counts"]}),
+        "selection_rows": rows,
+        "selection_excluded": ", ".join(
+            f"{n} {r}" for r, n in selection.get("excluded", {}).items()
+        ),
+    }
+
+
 def external_context(external: dict | None) -> dict:
     """Section External test: None when none is configured, else its name, counts and (when
     images were scored) the interval table."""
@@ -238,6 +264,8 @@ def context(
     audit: dict,
     gradcam: dict,
     viral: dict,
+    within: dict,
+    selection: dict,
     external: dict | None,
     image_size: int,
 ) -> dict:
@@ -249,6 +277,8 @@ def context(
         **metrics_context(metrics),
         **audit_context(audit, gradcam),
         **viral_context(viral),
+        **within_context(within),
+        **protocol_context(selection),
         **external_context(external),
     }
 
@@ -272,15 +302,18 @@ def render(**inputs) -> str:
 
     Parameters (keyword only)
     -------------------------
-    manifest, excluded : ``data/interim/manifest.csv`` and ``excluded.csv``.
+    manifest : the protocol's ``data/interim/selected.csv`` (rule select); excluded :
+        ``data/interim/excluded.csv`` (the manifest's).
     metadata : the raw ieee8023 ``metadata.csv`` (licenses), or None.
     splits : ``{"train": ..., "val": ..., "test": ...}`` split tables.
     n_augmented : rows of ``data/augmented/augmented.csv``.
     histories : ``{stage: history table}``.
     metrics : ``{"model_03_test": ..., "model_01_val": ...}`` evaluation dicts.
     audit : ``reports/audit/shortcut_audit.json``; gradcam : ``reports/audit/gradcam.json``.
-    viral : ``reports/external/ieee8023_viral.json``; external : the external test's JSON or
+    viral : ``reports/external/ieee8023_viral.json``; within :
+        ``reports/external/ieee8023_adult.json``; external : the external test's JSON or
         None when none is configured.
+    selection : the protocol's ``data/interim/selection.json`` (rule select).
     image_size : the model's input side, pixels.
 
     Raises
