@@ -23,6 +23,8 @@ import pandas as pd
 from cxr.metrics import format_interval
 
 KERMANY_LICENSE = "CC BY 4.0"
+#: NIH ChestX-ray8 (shared/data/README.md): the NIH Clinical Center allows use with citation.
+NIH_LICENSE = "free use with citation (NIH Clinical Center)"
 KERMANY_CITATION = (
     "Kermany, Zhang & Goldbaum (2018), Labeled Optical Coherence Tomography (OCT) and Chest "
     "X-Ray Images for Classification, Mendeley Data, doi:10.17632/rscbjbr9sj.2"
@@ -63,7 +65,8 @@ def license_counts(manifest: pd.DataFrame, metadata: pd.DataFrame | None) -> pd.
     """Images used per source and license: ``source, license, images``.
 
     ieee8023 licenses are per image (``metadata.csv`` column ``license``, joined on the file
-    name; blank: "not stated"); every Kermany image is CC BY 4.0.
+    name; blank: "not stated"); every Kermany image is CC BY 4.0; the NIH images
+    :data:`NIH_LICENSE`.
     """
     rows = []
     ieee = manifest[manifest["source"] == "ieee8023"]
@@ -81,6 +84,9 @@ def license_counts(manifest: pd.DataFrame, metadata: pd.DataFrame | None) -> pd.
     kermany = manifest["source"].str.startswith("kermany")
     if kermany.any():
         rows.append(["kermany", KERMANY_LICENSE, int(kermany.sum())])
+    nih = manifest["source"] == "nih"
+    if nih.any():
+        rows.append(["nih", NIH_LICENSE, int(nih.sum())])
     return pd.DataFrame(rows, columns=["source", "license", "images"])
 
 

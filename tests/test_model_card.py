@@ -343,8 +343,12 @@ def test_card_of_another_protocol_names_its_controls():
         ],
         "excluded": {},
     }  # fmt: skip
+    i["splits"]["val"] = pd.DataFrame(
+        {"path": ["n.png"], "label": ["non_covid"], "source": ["nih"], "patient_id": ["nih:1"]}
+    )
     card = render(**i)
     data = section(card, "Data")
+    assert "| nih | free use with citation (NIH Clinical Center) | 1 |" in data
     assert "Protocol **adult_controls** (config `protocol_definitions.adult_controls`" in data
     assert "NIH ChestX-ray8" in data and "children aged 1-5" not in data
     assert "| nih | non_covid | adult | 2 | 2 |" in data and "left out" not in data
