@@ -186,17 +186,21 @@ def comparison_markdown(table: pd.DataFrame, descriptions: dict[str, str], level
 
 
 def comparison_figure(table: pd.DataFrame) -> Figure:
-    """One panel per measure (:data:`MEASURES` present in ``table``), one point with its
-    interval per run; the x axis 0-1."""
+    """One panel per measure (:data:`MEASURES` present in ``table``; four per row), one point
+    with its interval per run; the x axis 0-1."""
     names = [m for m in MEASURES if m in table.columns]
     labels = [
         r["protocol"] + (f"\nseed {r['seed']}" if _present(r["seed"]) else "")
         for _, r in table.iterrows()
     ]
-    fig = Figure(figsize=(3.0 * len(names), 0.6 * len(table) + 1.5))
-    axes = fig.subplots(1, len(names), sharey=True, squeeze=False)[0]
+    ncols = min(4, len(names))
+    nrows = -(-len(names) // ncols)
+    fig = Figure(figsize=(3.2 * ncols, nrows * (0.5 * len(table) + 1.2)))
+    axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
     ys = list(range(len(table)))[::-1]
-    for ax, name in zip(axes, names, strict=True):
+    for ax, name in zip(axes, names, strict=False):
         for y, (_, row) in zip(ys, table.iterrows(), strict=True):
             est = row[name]
             if not _present(est):
@@ -206,6 +210,7 @@ def comparison_figure(table: pd.DataFrame) -> Figure:
             xerr = [[est - lo], [hi - est]] if _present(lo) and _present(hi) else None
             ax.errorbar([est], [y], xerr=xerr, fmt="o", color="tab:blue", capsize=3)
         ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.5, len(table) - 0.5)
         ax.set_title(HEADINGS[name], fontsize=8)
         ax.axvline(0.5, color="grey", lw=0.5, ls=":")
         ax.set_yticks(ys)
