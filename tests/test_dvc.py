@@ -142,6 +142,7 @@ def test_imported_modules_follow_imports_through_cxr():
     assert dag.imported_modules(REPO, "scripts/acquire.py") == {
         "cxr/__init__.py",
         "cxr/cli.py",
+        "cxr/io.py",
         "cxr/sources.py",
     }
     through_store = dag.imported_modules(REPO, "scripts/preprocess.py")
