@@ -64,6 +64,7 @@ for i, protocol in enumerate(a.run_protocols):
             baselines=load(a.baselines[i]),
             masked=load(a.masked[i]),
             within=load(a.within[i]),
+            selection=selection,
             external=load(a.external[i]) if a.external else None,
         )
     )

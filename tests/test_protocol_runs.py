@@ -196,6 +196,27 @@ def test_comparison_row_by_hand():
     assert (row["size_mode_auc"], row["thumbnail_auc_lower"]) == (1.0, 0.6)
     assert (row["within_specificity_upper"], row["within_auc_lower"]) == (0.6, None)
     assert row["external_roc_auc"] is None  # not configured
+    assert "selected_covid" not in row  # no selection given
+    selection = {
+        "counts": [
+            {"label": "covid", "age_group": "adult", "images": 5},
+            {"label": "covid", "age_group": "unknown", "images": 2},
+            {"label": "non_covid", "age_group": "child", "images": 4},
+        ]
+    }
+    row = comparison_row(
+        protocol="p",
+        seed=None,
+        train=frame,
+        test=frame,
+        metrics=metrics,
+        baselines=baselines,
+        masked=masked,
+        within=within,
+        selection=selection,
+    )
+    assert (row["selected_covid"], row["selected_covid_unknown_age"]) == (7, 2)
+    assert (row["selected_non_covid"], row["selected_non_covid_unknown_age"]) == (4, 0)
 
 
 # --- one smoke run with both protocols ----------------------------------------------------
@@ -266,4 +287,13 @@ def test_comparison_cells_equal_the_run_files(two_protocols):
             for label in ("covid", "non_covid"):
                 assert row[f"{split}_{label}"] == (frame["label"] == label).sum()
         assert row["within_n"] == files["within"]["n"] > 0
+        selection = read_json(run / "data/interim/selection.json")
+        for label in ("covid", "non_covid"):
+            assert row[f"selected_{label}"] == selection["classes"][label]["images"]
+        unknown = sum(
+            c["images"]
+            for c in selection["counts"]
+            if c["label"] == "covid" and c["age_group"] == "unknown"
+        )
+        assert row["selected_covid_unknown_age"] == unknown > 0  # 128 on the mirror
         assert f"**{row['protocol']}**" in markdown
