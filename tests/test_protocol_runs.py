@@ -4,6 +4,7 @@ with both shipped protocols (``protocols=[seed,adult_controls]``)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -244,6 +245,19 @@ def test_adult_controls_split_has_adult_nih_controls_only(two_protocols):
         assert set(frame.loc[frame["label"] == "covid", "source"]) == {"ieee8023"}
     seed_test = pd.read_csv(two_protocols / "data/splits/test.csv")
     assert not seed_test["source"].eq("nih").any()
+
+
+@pytest.mark.e2e
+def test_seed_selection_is_the_manifest_less_its_nih_rows_byte_for_byte(two_protocols):
+    """With adult_controls listed the manifest holds the NIH rows; the seed's selected.csv,
+    which its split reads, is exactly the manifest's other lines (so, with the same rows as
+    the manifest built without NIH, the seed's split is unchanged)."""
+    manifest = (two_protocols / "data/interim/manifest.csv").read_text().splitlines(True)
+    selected = (two_protocols / "data/interim/selected.csv").read_text().splitlines(True)
+    column = next(csv.reader([manifest[0]])).index("source")
+    others = [line for line in manifest[1:] if next(csv.reader([line]))[column] != "nih"]
+    assert len(others) < len(manifest) - 1  # the NIH rows are there
+    assert selected == [manifest[0], *others]
 
 
 @pytest.mark.e2e
