@@ -1,6 +1,6 @@
 # COVID-19 vs non-COVID viral pneumonia chest X-ray pipeline (research and teaching only;
 # not a diagnostic tool). Data flows one way:
-# raw -> manifest -> splits -> augmented -> store -> model_01 -> model_02 -> model_03 -> reports.
+# raw -> manifest -> selection (per protocol) -> splits -> augmented -> store -> model_01 -> model_02 -> model_03 -> reports.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -21,15 +21,13 @@ include: "rules/audit.smk"
 include: "rules/external.smk"
 include: "rules/report.smk"
 include: "rules/seeds.smk"
+include: "rules/protocols.smk"
 
 
 rule all:
     default_target: True
     input:
-        DATA_OUTPUTS,
-        TRAIN_OUTPUTS,
-        EVALUATE_OUTPUTS,
-        AUDIT_OUTPUTS,
-        EXTERNAL_OUTPUTS,
-        REPORT_OUTPUTS,
+        SHARED_OUTPUTS,
+        PROTOCOL_OUTPUTS,
         SEEDS_OUTPUTS,
+        COMPARISON_OUTPUTS,

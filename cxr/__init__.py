@@ -14,7 +14,8 @@ Modules follow the data flow, :data:`FLOW`, and each imports only from those bef
 - evaluation: intervals (Wilson, patient bootstrap) -> metrics (counts, curves, calibration)
   -> figures (training, evaluation) -> audit_figures (Grad-CAM overlays, audit, outside the
   split) -> gradcam -> predict (the ``cxr-predict`` console script) -> audit (shortcut audit)
-  -> external (other image sets) -> summary (seeds) -> model_card. Evaluation imports no
+  -> external (other image sets) -> summary (seeds) -> model_card -> comparison (protocols
+  compared). Evaluation imports no
   training module (:data:`TRAINING`): a trained model is read from its file, so editing
   training code does not touch evaluation.
 - cli (argument types of scripts/): imported by the scripts only, no module imports it.
@@ -56,6 +57,7 @@ FLOW = (
     "external",
     "summary",
     "model_card",
+    "comparison",
     "cli",
     "dag",
 )
@@ -73,4 +75,5 @@ EVALUATION = (
     "external",
     "summary",
     "model_card",
+    "comparison",
 )

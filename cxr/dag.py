@@ -40,6 +40,11 @@ SCHEMA = "schemas/config.schema.yaml"
 MANY_CORES = 1024
 #: Rules with no DVC stage, and why: the one list of what runs under Snakemake only.
 SNAKEMAKE_ONLY = {
+    "acquire_nih": "runs only when a protocol in config protocols uses the NIH controls;"
+    " dvc.yaml covers the default protocol (seed), which does not",
+    "compare_protocols": "runs only when several protocols (or seeds) are listed; each"
+    " protocol's chain is a Snakemake {run} prefix (protocols/<name>/), which DVC, one"
+    " config.yaml and one chain, does not have",
     "evaluate_external": "runs only when external.metadata is set, and DVC has no optional"
     " stages; run it with Snakemake",
     "seeds_summary": "runs only when seeds are listed; it needs one run per seed in one DAG"

@@ -12,6 +12,11 @@ pneumonia images.
   They are adults from the same papers and hospitals as the COVID images, so, unlike the
   Kermany children, they do not differ from them by age or source: a model that reads disease
   should call them non_covid, a model that tells adults from children calls them covid.
+  With ``min_age`` it also gives the within-source check of every protocol: the frontal
+  non-COVID adults of ieee8023 (config ``external.ieee8023_adult_findings``: No Finding,
+  bacterial and viral pneumonias and the other non-COVID findings; patients aged
+  ``external.ieee8023_adult_min_age`` or more). No shipped protocol trains on them, and they
+  share the COVID images' source, so a model that learned the source calls them covid.
 
 Scoring and metrics: :func:`score_table` (through :func:`cxr.predict.load_for_model`, so bad
 files are listed, not fatal) and :func:`cxr.metrics.evaluation_summary`. A table of which no
@@ -28,6 +33,7 @@ import pandas as pd
 
 from cxr import CLASSES, LABEL_INDEX
 from cxr.intervals import clustered_bootstrap_auc, proportion_intervals
+from cxr.manifest import parse_age
 from cxr.metrics import evaluation_summary
 
 TABLE_COLUMNS = ("path", "label", "patient_id")
@@ -85,7 +91,12 @@ def read_labelled_table(csv_path, images=None) -> pd.DataFrame:
 
 
 def ieee8023_viral_table(
-    excluded: pd.DataFrame, metadata: pd.DataFrame, covid_dir, findings, views
+    excluded: pd.DataFrame,
+    metadata: pd.DataFrame,
+    covid_dir,
+    findings,
+    views,
+    min_age: float | None = None,
 ) -> pd.DataFrame:
     """The ieee8023 adult non-COVID viral pneumonia X-rays, as a labelled table.
 
@@ -97,6 +108,8 @@ def ieee8023_viral_table(
     covid_dir : the raw covid-chestxray-dataset folder the excluded paths point into.
     findings : a row is taken when its finding contains one of these (case-insensitive).
     views : frontal views to keep (e.g. PA, AP, AP Supine).
+    min_age : years; when given, only rows whose metadata ``age``
+        (:func:`cxr.manifest.parse_age`) is at least this (unknown age left out).
 
     Returns
     -------
@@ -114,6 +127,8 @@ def ieee8023_viral_table(
             continue
         m = meta.loc[name]
         if m["view"] not in views:
+            continue
+        if min_age is not None and not parse_age(m.get("age", "")) >= min_age:
             continue
         rows.append(
             {
@@ -221,6 +236,7 @@ def ieee8023_viral_summary(
     seed: int = 0,
     confidence: float = 0.95,
     n_bins: int = 10,
+    name: str = "ieee8023 adult non-COVID viral pneumonia",
 ) -> dict:
     """The honesty check's numbers: specificity on the adult viral images, p_covid per finding,
     and the ROC AUC of test COVID images against them (same population, patient bootstrap).
@@ -231,7 +247,7 @@ def ieee8023_viral_summary(
     out = summarise(
         scored,
         errors,
-        "ieee8023 adult non-COVID viral pneumonia",
+        name,
         n_resamples=n_resamples,
         seed=seed,
         confidence=confidence,

@@ -23,6 +23,8 @@ import pandas as pd
 from cxr.metrics import format_interval
 
 KERMANY_LICENSE = "CC BY 4.0"
+#: NIH ChestX-ray8 (shared/data/README.md): the NIH Clinical Center allows use with citation.
+NIH_LICENSE = "free use with citation (NIH Clinical Center)"
 KERMANY_CITATION = (
     "Kermany, Zhang & Goldbaum (2018), Labeled Optical Coherence Tomography (OCT) and Chest "
     "X-Ray Images for Classification, Mendeley Data, doi:10.17632/rscbjbr9sj.2"
@@ -63,7 +65,8 @@ def license_counts(manifest: pd.DataFrame, metadata: pd.DataFrame | None) -> pd.
     """Images used per source and license: ``source, license, images``.
 
     ieee8023 licenses are per image (``metadata.csv`` column ``license``, joined on the file
-    name; blank: "not stated"); every Kermany image is CC BY 4.0.
+    name; blank: "not stated"); every Kermany image is CC BY 4.0; the NIH images
+    :data:`NIH_LICENSE`.
     """
     rows = []
     ieee = manifest[manifest["source"] == "ieee8023"]
@@ -81,6 +84,9 @@ def license_counts(manifest: pd.DataFrame, metadata: pd.DataFrame | None) -> pd.
     kermany = manifest["source"].str.startswith("kermany")
     if kermany.any():
         rows.append(["kermany", KERMANY_LICENSE, int(kermany.sum())])
+    nih = manifest["source"] == "nih"
+    if nih.any():
+        rows.append(["nih", NIH_LICENSE, int(nih.sum())])
     return pd.DataFrame(rows, columns=["source", "license", "images"])
 
 
@@ -210,6 +216,32 @@ def viral_context(viral: dict) -> dict:
     return out
 
 
+def within_context(within: dict) -> dict:
+    """Section Within-source check (``reports/external/ieee8023_adult.json``), as
+    :func:`viral_context`: ``within`` (None when no image was scored), ``within_failed``."""
+    out = viral_context(within)
+    return {"within": out["viral"], "within_failed": out["viral_failed"]}
+
+
+def protocol_context(selection: dict) -> dict:
+    """Section Protocol (``data/interim/selection.json`` of rule select): the protocol's name
+    and description, the sources it draws on, and the selected images per source, class and
+    age group (unknown ages included), with the exclusions by reason."""
+    rows = [
+        [c["source"], c["label"], c["age_group"], c["images"], c["patients"]]
+        for c in selection["counts"]
+    ]
+    return {
+        "protocol": selection["protocol"],
+        "protocol_description": selection["description"],
+        "protocol_sources": sorted({c["source"].split("-", 1)[0] for c in selection["counts"]}),
+        "selection_rows": rows,
+        "selection_excluded": ", ".join(
+            f"{n} {r}" for r, n in selection.get("excluded", {}).items()
+        ),
+    }
+
+
 def external_context(external: dict | None) -> dict:
     """Section External test: None when none is configured, else its name, counts and (when
     images were scored) the interval table."""
@@ -238,6 +270,8 @@ def context(
     audit: dict,
     gradcam: dict,
     viral: dict,
+    within: dict,
+    selection: dict,
     external: dict | None,
     image_size: int,
 ) -> dict:
@@ -249,6 +283,8 @@ def context(
         **metrics_context(metrics),
         **audit_context(audit, gradcam),
         **viral_context(viral),
+        **within_context(within),
+        **protocol_context(selection),
         **external_context(external),
     }
 
@@ -272,15 +308,18 @@ def render(**inputs) -> str:
 
     Parameters (keyword only)
     -------------------------
-    manifest, excluded : ``data/interim/manifest.csv`` and ``excluded.csv``.
+    manifest : the protocol's ``data/interim/selected.csv`` (rule select); excluded :
+        ``data/interim/excluded.csv`` (the manifest's).
     metadata : the raw ieee8023 ``metadata.csv`` (licenses), or None.
     splits : ``{"train": ..., "val": ..., "test": ...}`` split tables.
     n_augmented : rows of ``data/augmented/augmented.csv``.
     histories : ``{stage: history table}``.
     metrics : ``{"model_03_test": ..., "model_01_val": ...}`` evaluation dicts.
     audit : ``reports/audit/shortcut_audit.json``; gradcam : ``reports/audit/gradcam.json``.
-    viral : ``reports/external/ieee8023_viral.json``; external : the external test's JSON or
+    viral : ``reports/external/ieee8023_viral.json``; within :
+        ``reports/external/ieee8023_adult.json``; external : the external test's JSON or
         None when none is configured.
+    selection : the protocol's ``data/interim/selection.json`` (rule select).
     image_size : the model's input side, pixels.
 
     Raises

@@ -7,6 +7,7 @@
 localrules:
     acquire_covid,
     acquire_kermany,
+    acquire_nih,
     acquire_weights,
 
 
@@ -42,6 +43,29 @@ rule acquire_kermany:
     shell:
         "python scripts/acquire.py kermany --out {output:q} {params.options}"
         " --traceback logs/acquire_kermany.traceback > {log:q} 2>&1"
+
+
+# NIH ChestX-ray8 controls (docs/protocols.md): No_findings/, Pneumonia/ and the NIH metadata.
+# Needed only when a protocol in config `protocols` uses the source nih.
+rule acquire_nih:
+    output:
+        directory("data/raw/nih"),
+    log:
+        "logs/acquire_nih.log",
+    conda:
+        "../envs/cxr.yaml"
+    params:
+        options=config_params(
+            "acquire.nih_images_base_url",
+            "acquire.nih_metadata_url",
+            "acquire.nih_metadata_sha256",
+            "mirror",
+        ),
+    message:
+        "Acquiring the NIH ChestX-ray8 controls"
+    shell:
+        "python scripts/acquire.py nih --out {output:q} {params.options}"
+        " --traceback logs/acquire_nih.traceback > {log:q} 2>&1"
 
 
 # Keras VGG19 ImageNet notop weights, md5-checked.

@@ -1,5 +1,6 @@
 # Shared by all rules: config validation (schema with defaults), the config options each
 # rule passes to its script, and the lists of final targets.
+import json
 import os
 import re
 import shlex
@@ -38,15 +39,76 @@ def with_resources(message):
     return f"{message} {note}"
 
 
-# The split-to-report chain runs once at the top level (run = "") and, for each seed in
-# config `seeds`, again under runs/seed_<N>/ with N as the value of RUN_SEED_KEYS.
+# The split-to-report chain runs once per protocol in config `protocols` (docs/protocols.md):
+# `seed` at the top level (prefix ""), any other protocol P under protocols/P/. For each seed
+# in config `seeds` it runs again under <prefix>runs/seed_<N>/ with N as the value of
+# RUN_SEED_KEYS. {run} is the whole run prefix, {protocol_dir} the protocol's part of it.
 wildcard_constraints:
-    run=r"(runs/seed_\d+/)?",
+    run=r"(protocols/[A-Za-z0-9_-]+/)?(runs/seed_\d+/)?",
+    protocol_dir=r"(protocols/[A-Za-z0-9_-]+/)?",
+
+
+def check_protocols(config):
+    """Refuse, naming the config key, a listed protocol that is not defined."""
+    defined = config.get("protocol_definitions", {})
+    for name in config["protocols"]:
+        if name not in defined:
+            raise ValueError(
+                f"config 'protocols': {name!r} is not a protocol of config"
+                f" 'protocol_definitions' (defined: {', '.join(sorted(defined))})"
+            )
+
+
+check_protocols(config)
+
+
+def protocol_prefix(name):
+    """The folder prefix of a protocol's runs: "" for `seed`, protocols/<name>/ otherwise."""
+    return "" if name == "seed" else f"protocols/{name}/"
+
+
+def run_protocol(run):
+    """The protocol name of a run prefix ("" or runs/seed_N/: seed; protocols/P/...: P)."""
+    match = re.match(r"protocols/([^/]+)/", run)
+    return match.group(1) if match else "seed"
+
+
+def run_seed(run):
+    """The seed N of a run prefix ending in runs/seed_N/, else None."""
+    match = re.search(r"(?:^|/)runs/seed_(\d+)/$", run)
+    return int(match.group(1)) if match else None
 
 
 config["seeds"] = [int(seed) for seed in config["seeds"]]
 SEED_RUNS = [f"runs/seed_{seed}/" for seed in config["seeds"]]
 RUN_SEED_KEYS = ("split.seed", "augment.seed", "train.seed")
+PROTOCOL_PREFIXES = [protocol_prefix(name) for name in config["protocols"]]
+# Every run: per protocol, its top-level run and one per seed.
+RUNS = [prefix + seed for prefix in PROTOCOL_PREFIXES for seed in ["", *SEED_RUNS]]
+# The protocols' sources (cxr.protocols.SOURCES): the NIH controls are acquired only if used.
+PROTOCOL_SOURCES = {
+    source
+    for name in config["protocols"]
+    for cls in ("covid", "non_covid")
+    for source in config["protocol_definitions"][name][cls]["sources"]
+}
+
+
+def selection(name):
+    """Input function: a select output of the run's protocol."""
+    return (
+        lambda wildcards: protocol_prefix(run_protocol(wildcards.run))
+        + {
+            "selected": "data/interim/selected.csv",
+            "summary": "data/interim/selection.json",
+            "counts": "data/interim/selection_counts.csv",
+        }[name]
+    )
+
+
+def per_run(path):
+    """The file ``path`` of every run (RUNS order: per protocol, top level then seeds)."""
+    return [run + path for run in RUNS]
 
 
 class ConfigOptions(str):
@@ -88,19 +150,19 @@ def config_params(*keys):
     """Params function: the ConfigOptions of config ``keys`` (dotted, e.g. "split.seed").
 
     Each option is named for the key's last part (the script's argparse name). Inside
-    runs/seed_N/, the keys of RUN_SEED_KEYS are N.
+    [protocols/P/]runs/seed_N/, the keys of RUN_SEED_KEYS are N.
     """
     names = [key.rsplit(".", 1)[-1] for key in keys]
     if len(set(names)) < len(names):
         raise ValueError(f"config_params{keys}: two keys give the same option name")
 
     def options(wildcards):
-        run = re.fullmatch(r"runs/seed_(\d+)/", wildcards.get("run", ""))
+        seed = run_seed(wildcards.get("run", ""))
         return ConfigOptions(
             {
                 key: (
-                    int(run.group(1))
-                    if run and key in RUN_SEED_KEYS
+                    seed
+                    if seed is not None and key in RUN_SEED_KEYS
                     else config_value(key)
                 )
                 for key in keys
@@ -122,6 +184,7 @@ PRETRAINED = "models/pretrained/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h
 
 DATA_OUTPUTS = [
     "data/interim/manifest.csv",
+    "data/interim/selected.csv",
     *expand("data/splits/{split}.csv", split=SPLITS),
     "data/augmented/augmented.csv",
     *expand("data/store/{split}.npz", split=SPLITS),

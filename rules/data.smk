@@ -1,11 +1,17 @@
-# Raw images to the preprocessed split store: manifest, patient-level split, augmentation.
+# Raw images to the preprocessed split store: manifest, protocol selection, patient-level
+# split, augmentation.
 
 
-# One row per usable image; everything else in excluded.csv with a reason.
+# One row per usable image; everything else in excluded.csv with a reason. The NIH controls
+# only when a protocol in config `protocols` uses them.
+NIH = "nih" in PROTOCOL_SOURCES
+
+
 rule manifest:
     input:
         covid=rules.acquire_covid.output[0],
         kermany=rules.acquire_kermany.output[0],
+        nih=rules.acquire_nih.output[0] if NIH else [],
     output:
         manifest="data/interim/manifest.csv",
         excluded="data/interim/excluded.csv",
@@ -21,6 +27,9 @@ rule manifest:
         mem_mb=2000,
         runtime=30,
     params:
+        nih=lambda wildcards, input: (
+            f"--nih {shlex.quote(str(input.nih))}" if input.nih else ""
+        ),
         options=config_params(
             "manifest.covid_findings",
             "manifest.modality",
@@ -34,15 +43,50 @@ rule manifest:
     shell:
         "python scripts/manifest.py --covid {input.covid:q} --kermany {input.kermany:q}"
         " --manifest {output.manifest:q} --excluded {output.excluded:q}"
-        " --near_duplicates {output.near_duplicates:q} {params.options}"
+        " --near_duplicates {output.near_duplicates:q} {params.nih} {params.options}"
         " > {log:q} 2>&1"
+
+
+# The manifest rows of one protocol (config `protocols`, docs/protocols.md), labelled by its
+# classes; every other row in selection_excluded.csv with a reason; counts per source, class
+# and age group (unknown ages counted). One job per protocol, under its folder.
+rule select:
+    input:
+        manifest=rules.manifest.output.manifest,
+    output:
+        selected="{protocol_dir}data/interim/selected.csv",
+        excluded="{protocol_dir}data/interim/selection_excluded.csv",
+        counts="{protocol_dir}data/interim/selection_counts.csv",
+        summary="{protocol_dir}data/interim/selection.json",
+    log:
+        "{protocol_dir}logs/select.log",
+    conda:
+        "../envs/cxr.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        protocol=lambda wildcards: run_protocol(wildcards.protocol_dir),
+        # The protocol's definition as JSON (a param: a changed definition reruns the job).
+        definition=lambda wildcards: json.dumps(
+            config["protocol_definitions"][run_protocol(wildcards.protocol_dir)],
+            sort_keys=True,
+        ),
+    message:
+        with_resources("Selecting the images of protocol {params.protocol}")
+    shell:
+        "python scripts/select_protocol.py --manifest {input.manifest:q}"
+        " --protocol {params.protocol:q} --definition {params.definition:q}"
+        " --selected {output.selected:q} --excluded {output.excluded:q}"
+        " --counts {output.counts:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
 # Test split set aside first (test_per_class per class), then validation, rest train;
 # patients linked by a near-duplicate image stay together.
 rule split:
     input:
-        manifest=rules.manifest.output.manifest,
+        manifest=selection("selected"),
         near_duplicates=rules.manifest.output.near_duplicates,
     output:
         train="{run}data/splits/train.csv",

@@ -1,5 +1,6 @@
-# Tests outside the split: ieee8023 adult viral pneumonia (always) and a labelled folder
-# from another source (config external.metadata; off if null).
+# Tests outside the split: ieee8023 adult viral pneumonia and the within-source check on all
+# ieee8023 non-COVID adults (always), and a labelled folder from another source (config
+# external.metadata; off if null).
 
 EXTERNAL = config["external"]
 
@@ -16,6 +17,8 @@ if EXTERNAL["images"] and not os.path.isdir(EXTERNAL["images"]):
 EXTERNAL_OUTPUTS = [
     "reports/external/ieee8023_viral.json",
     "reports/figures/ieee8023_viral.png",
+    "reports/external/ieee8023_adult.json",
+    "reports/figures/ieee8023_adult.png",
     *(
         [
             "reports/external/external.json",
@@ -65,6 +68,53 @@ rule evaluate_ieee8023_viral:
         "Scoring ieee8023 adult non-COVID viral pneumonia with model_03"
     shell:
         "python scripts/external.py ieee8023 --model {input.model:q}"
+        " --excluded {input.excluded:q} --covid_dir {input.covid_dir:q}"
+        " --test_predictions {input.test_predictions:q}"
+        " --metrics {output.metrics:q} --predictions {output.predictions:q}"
+        " --errors {output.errors:q} --figure {output.figure:q}"
+        " --threads {threads} {params.options} > {log:q} 2>&1"
+
+
+# Within-source check of every protocol: model_03 on the ieee8023 frontal non-COVID adults
+# (No Finding, bacterial and viral pneumonias, other findings; the COVID images' own source,
+# never selected by a shipped protocol); specificity and the AUC of test COVID against them.
+rule evaluate_ieee8023_adult:
+    input:
+        model="{run}models/model_03.keras",
+        excluded="data/interim/excluded.csv",
+        covid_dir=rules.acquire_covid.output[0],
+        test_predictions="{run}reports/predictions/model_03_test.csv",
+    output:
+        metrics="{run}reports/external/ieee8023_adult.json",
+        predictions="{run}reports/external/ieee8023_adult_predictions.csv",
+        errors="{run}reports/external/ieee8023_adult_errors.csv",
+        figure=report(
+            "{run}reports/figures/ieee8023_adult.png",
+            caption="../report/ieee8023_adult.rst",
+            category="4. Tests outside the split",
+        ),
+    log:
+        "{run}logs/evaluate_ieee8023_adult.log",
+    conda:
+        "../envs/cxr.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        options=config_params(
+            "external.ieee8023_adult_findings",
+            "external.ieee8023_adult_min_age",
+            "manifest.views",
+            "evaluate.batch_size",
+            *BOOTSTRAP,
+            "evaluate.calibration_bins",
+            "report.dpi",
+        ),
+    message:
+        "Within-source check: model_03 on ieee8023 non-COVID adults"
+    shell:
+        "python scripts/external.py ieee8023_adult --model {input.model:q}"
         " --excluded {input.excluded:q} --covid_dir {input.covid_dir:q}"
         " --test_predictions {input.test_predictions:q}"
         " --metrics {output.metrics:q} --predictions {output.predictions:q}"

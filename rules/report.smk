@@ -85,7 +85,8 @@ rule report:
 # The model card, generated from this run: intended use, data, split, metrics, audit, limits.
 rule model_card:
     input:
-        manifest="data/interim/manifest.csv",
+        manifest=selection("selected"),
+        selection=selection("summary"),
         excluded="data/interim/excluded.csv",
         covid_dir=rules.acquire_covid.output[0],
         splits=expand("{run}data/splits/{split}.csv", split=SPLITS, allow_missing=True),
@@ -101,6 +102,7 @@ rule model_card:
         audit=rules.shortcut_audit.output.audit,
         gradcam=rules.gradcam.output.summary,
         viral=rules.evaluate_ieee8023_viral.output.metrics,
+        within=rules.evaluate_ieee8023_adult.output.metrics,
         external=rules.evaluate_external.output.metrics if EXTERNAL["metadata"] else [],
         # Read by cxr.model_card (package data): an input, so editing it reruns the card.
         template="cxr/templates/model_card.md.j2",
@@ -131,4 +133,5 @@ rule model_card:
         " --splits {input.splits:q} --augmented {input.augmented:q}"
         " --histories {input.histories:q} --metrics {input.metrics:q}"
         " --audit {input.audit:q} --gradcam {input.gradcam:q} --viral {input.viral:q}"
+        " --within {input.within:q} --selection {input.selection:q}"
         " {params.external} --out {output:q} {params.options} > {log:q} 2>&1"

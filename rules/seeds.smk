@@ -1,21 +1,27 @@
 # Repeated runs: the split-to-report chain once per seed in config `seeds`, each under
-# runs/seed_<N>/ as separate jobs (the {run} wildcard of the rules), then one summary.
+# <protocol prefix>runs/seed_<N>/ as separate jobs (the {run} wildcard of the rules), then one
+# summary per protocol.
 
 
-SEEDS_OUTPUTS = (
-    ["reports/seeds/summary.csv", "reports/seeds/summary.md"] if config["seeds"] else []
-)
+SEEDS_OUTPUTS = [
+    f"{prefix}reports/seeds/{name}"
+    for prefix in (PROTOCOL_PREFIXES if config["seeds"] else [])
+    for name in ("summary.csv", "summary.md")
+]
 
 
-# Mean and spread of model_03's test metrics across the seeds' runs.
+# Mean and spread of model_03's test metrics across the seeds' runs of one protocol.
 rule seeds_summary:
     input:
-        expand("{run}reports/metrics/model_03_test.json", run=SEED_RUNS),
+        lambda wildcards: [
+            f"{wildcards.protocol_dir}{run}reports/metrics/model_03_test.json"
+            for run in SEED_RUNS
+        ],
     output:
-        csv="reports/seeds/summary.csv",
-        markdown="reports/seeds/summary.md",
+        csv="{protocol_dir}reports/seeds/summary.csv",
+        markdown="{protocol_dir}reports/seeds/summary.md",
     log:
-        "logs/seeds_summary.log",
+        "{protocol_dir}logs/seeds_summary.log",
     conda:
         "../envs/cxr.yaml"
     threads: 1

@@ -6,6 +6,9 @@ Entry point shared by Snakemake and DVC; options named like the config keys (sec
 - ``ieee8023``: the ieee8023 adult non-COVID viral pneumonia X-rays that the manifest excluded
   as "other finding" (--ieee8023_viral_findings, frontal --views), compared with the test split
   (--test_predictions); figure: p_covid of the three groups.
+- ``ieee8023_adult``: the same for the within-source check, the frontal non-COVID X-rays of
+  ieee8023 whose finding names one of --ieee8023_adult_findings, of patients aged
+  --ieee8023_adult_min_age years or more.
 - ``table``: any labelled folder, --metadata CSV ``path,label[,patient_id]`` (paths relative to
   --images, default the CSV's folder); figure: ROC and precision-recall curves.
 
@@ -21,7 +24,7 @@ import sys
 from pathlib import Path
 
 p = argparse.ArgumentParser(description=__doc__)
-p.add_argument("mode", choices=["ieee8023", "table"])
+p.add_argument("mode", choices=["ieee8023", "ieee8023_adult", "table"])
 p.add_argument("--model", required=True, help="trained model (.keras)")
 p.add_argument("--metrics", required=True, help="output JSON")
 p.add_argument("--predictions", required=True, help="output CSV")
@@ -31,6 +34,8 @@ p.add_argument("--excluded", help="ieee8023: data/interim/excluded.csv")
 p.add_argument("--covid_dir", help="ieee8023: data/raw/covid-chestxray-dataset")
 p.add_argument("--test_predictions", help="ieee8023: reports/predictions/model_03_test.csv")
 p.add_argument("--ieee8023_viral_findings", nargs="+", help="ieee8023: findings taken")
+p.add_argument("--ieee8023_adult_findings", nargs="+", help="ieee8023_adult: findings taken")
+p.add_argument("--ieee8023_adult_min_age", type=float, help="ieee8023_adult: years, inclusive")
 p.add_argument("--views", nargs="+", help="ieee8023: frontal views taken")
 p.add_argument("--metadata", help="table: CSV path,label[,patient_id]")
 p.add_argument("--images", default=None, help="table: folder of relative paths")
@@ -44,6 +49,14 @@ p.add_argument("--threads", type=int, default=1)
 a = p.parse_args()
 need = {
     "ieee8023": ["excluded", "covid_dir", "test_predictions", "ieee8023_viral_findings", "views"],
+    "ieee8023_adult": [
+        "excluded",
+        "covid_dir",
+        "test_predictions",
+        "ieee8023_adult_findings",
+        "ieee8023_adult_min_age",
+        "views",
+    ],
     "table": ["metadata"],
 }[a.mode]
 missing = [f"--{k}" for k in need if getattr(a, k) is None]
@@ -80,29 +93,42 @@ bootstrap = dict(
     n_bins=a.calibration_bins,
 )
 model = load_model(a.model)
-if a.mode == "ieee8023":
+if a.mode in ("ieee8023", "ieee8023_adult"):
+    viral = a.mode == "ieee8023"
+    findings = a.ieee8023_viral_findings if viral else a.ieee8023_adult_findings
+    min_age = None if viral else a.ieee8023_adult_min_age
+    what = (
+        "adult non-COVID viral pneumonia"
+        if viral
+        else f"frontal non-COVID X-rays, age >= {min_age:g} y"
+    )
     covid_dir = Path(a.covid_dir)
     table = ieee8023_viral_table(
         pd.read_csv(a.excluded, dtype=str, keep_default_na=False),
         pd.read_csv(covid_dir / "metadata.csv", dtype=str, keep_default_na=False),
         covid_dir,
-        a.ieee8023_viral_findings,
+        findings,
         a.views,
+        min_age=min_age,
     )
-    print(f"{len(table)} ieee8023 images with findings {a.ieee8023_viral_findings}")
+    print(f"{len(table)} ieee8023 images with findings {findings}")
     scored, errors = score_table(model, table, a.batch_size)
     test = pd.read_csv(a.test_predictions, dtype={"patient_id": str, "path": str})
-    metrics = ieee8023_viral_summary(scored, errors, test, **bootstrap)
+    metrics = ieee8023_viral_summary(scored, errors, test, **bootstrap, name=f"ieee8023 {what}")
     spec = metrics.get("intervals", {}).get("specificity")
     note = failure_note(metrics)
     fig = p_covid_strip_figure(
         {
-            "test covid\n(ieee8023 adults)": test.loc[test["label"] == "covid", "p_covid"],
-            "test non_covid\n(Kermany children)": test.loc[test["label"] == "non_covid", "p_covid"],
-            "ieee8023 adult viral\n(not COVID)": scored["p_covid"],
+            "test covid\n(ieee8023)": test.loc[test["label"] == "covid", "p_covid"],
+            "test non_covid\n(this run's controls)": test.loc[
+                test["label"] == "non_covid", "p_covid"
+            ],
+            f"ieee8023 {'adult viral' if viral else 'adult non-COVID'}\n(not COVID)": scored[
+                "p_covid"
+            ],
         },
-        "model_03: p_covid of adult non-COVID viral pneumonia (ieee8023)",
-        f"specificity on them {format_interval(spec)}; on test children "
+        f"model_03: p_covid of ieee8023 {what}",
+        f"specificity on them {format_interval(spec)}; on test non_covid "
         f"{format_interval(metrics['test_non_covid_specificity'])}; AUC test covid vs them "
         f"{format_interval(metrics['auc_test_covid_vs_these'])}" + (f"; {note}" if note else ""),
     )

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 p = argparse.ArgumentParser(description=__doc__)
-p.add_argument("--manifest", required=True)
+p.add_argument("--manifest", required=True, help="the protocol's data/interim/selected.csv")
 p.add_argument("--excluded", required=True)
 p.add_argument("--covid_dir", required=True, help="raw ieee8023 folder (metadata.csv licenses)")
 p.add_argument("--splits", nargs=3, required=True, metavar=("TRAIN", "VAL", "TEST"))
@@ -18,6 +18,8 @@ p.add_argument("--metrics", nargs="+", required=True, help="reports/metrics/*.js
 p.add_argument("--audit", required=True, help="reports/audit/shortcut_audit.json")
 p.add_argument("--gradcam", required=True, help="reports/audit/gradcam.json")
 p.add_argument("--viral", required=True, help="reports/external/ieee8023_viral.json")
+p.add_argument("--within", required=True, help="reports/external/ieee8023_adult.json")
+p.add_argument("--selection", required=True, help="the protocol's data/interim/selection.json")
 p.add_argument("--external", default=None, help="external test JSON (optional)")
 p.add_argument("--image_size", type=int, required=True)
 p.add_argument("--out", required=True, help="output Markdown")
@@ -53,6 +55,8 @@ text = render(
     audit=load(a.audit),
     gradcam=load(a.gradcam),
     viral=load(a.viral),
+    within=load(a.within),
+    selection=load(a.selection),
     external=load(a.external) if a.external else None,
     image_size=a.image_size,
 )

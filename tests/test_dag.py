@@ -97,14 +97,22 @@ def test_snakemake_renders_options_by_config_value(checkout):
 
 
 def test_every_config_key_is_read_and_every_option_is_a_script_argument(checkout):
-    """Each key of config.yaml reaches some rule (external.metadata as an input file), and
-    each option a rule renders is an argparse option of the script it runs."""
-    overlay = ["tests/config/smoke.yaml", "seeds_external.yaml"]
+    """Each key of config.yaml reaches some rule (external.metadata as an input file; a
+    protocol's definition as the select job's JSON param), and each option a rule renders is
+    an argparse option of the script it runs."""
+    (checkout / "protocols.yaml").write_text(
+        yaml.safe_dump({"protocols": ["seed", "adult_controls"]})
+    )
+    overlay = ["tests/config/smoke.yaml", "seeds_external.yaml", "protocols.yaml"]
+    config = leaves(yaml.safe_load((REPO / "config.yaml").read_text()))
     read = set()
     with dag.snakemake_dag(checkout, configfiles=overlay) as (_, jobs):
         for job in jobs:
             keys = options_of(job)
             read |= set(keys)
+            if job.rule.name == "select":
+                prefix = f"protocol_definitions.{job.params.protocol}."
+                read |= {key for key in config if key.startswith(prefix)}
             script = re.search(r"python (scripts/\S+\.py)", job.shellcmd or "")
             if not keys:
                 continue
@@ -112,7 +120,6 @@ def test_every_config_key_is_read_and_every_option_is_a_script_argument(checkout
             for key in keys:
                 option = key.rsplit(".", 1)[-1]
                 assert f'"--{option}"' in source, (job.rule.name, key, script.group(1))
-    config = leaves(yaml.safe_load((REPO / "config.yaml").read_text()))
     assert set(config) - read == {"external.metadata"}
 
 

@@ -142,6 +142,7 @@ def test_imported_modules_follow_imports_through_cxr():
     assert dag.imported_modules(REPO, "scripts/acquire.py") == {
         "cxr/__init__.py",
         "cxr/cli.py",
+        "cxr/io.py",
         "cxr/sources.py",
     }
     through_store = dag.imported_modules(REPO, "scripts/preprocess.py")
@@ -254,7 +255,15 @@ def test_snakemake_has_nothing_to_do_after_dvc_repro(scenario):
 
 @pytest.mark.e2e
 def test_snakemake_writes_the_same_data_files_as_dvc(scenario):
-    data_half = ("acquire_covid", "acquire_kermany", "manifest", "split", "augment", "preprocess")
+    data_half = (
+        "acquire_covid",
+        "acquire_kermany",
+        "manifest",
+        "select",
+        "split",
+        "augment",
+        "preprocess",
+    )
     assert planned(scenario["snakemake_data"].stdout) == dict.fromkeys(data_half, 1)
     # DVC hashed what Snakemake wrote (incl. folders it marked .snakemake_timestamp): no change.
     assert scenario["status_after_snakemake"] == {}
@@ -269,6 +278,8 @@ def test_metrics_and_plots_are_declared(scenario):
         *(f"reports/metrics/{e}.json" for e in evaluations),
         *(f"reports/audit/{a}.json" for a in audit),
         "reports/external/ieee8023_viral.json",
+        "reports/external/ieee8023_adult.json",
+        "data/interim/selection.json",
     }
     test = metrics["reports/metrics/model_03_test.json"]["data"]
     assert test["n"] == 8 and test["model"] == "model_03" and 0.0 <= test["accuracy"] <= 1.0

@@ -17,6 +17,7 @@ RANK = {name: i for i, name in enumerate(cxr.FLOW)}
 SCRIPTS = {
     "acquire": "sources",
     "manifest": "manifest",
+    "select_protocol": "protocols",
     "split": "split",
     "augment": "augment",
     "preprocess": "store",
@@ -37,6 +38,7 @@ SCRIPTS = {
             "report",
         )
     },
+    "compare_protocols": "comparison",
 }
 
 

@@ -130,6 +130,43 @@ def card_inputs() -> dict:
             "per_finding": {"SARS": {"n": 2}, "Varicella": {"n": 1}},
             "p_covid_mean": 0.71234,
         },
+        "within": {
+            "n": 4,
+            "n_failed": 0,
+            "intervals": {"specificity": interval(0.5, 0.15, 0.85, successes=2, trials=4)},
+            "test_non_covid_specificity": interval(0.5, 0.1, 0.9, successes=1, trials=2),
+            "auc_test_covid_vs_these": interval(0.75, 0.4, 1.0, n_patients=5, n_resamples=100),
+            "per_finding": {"No Finding": {"n": 3}, "SARS": {"n": 1}},
+            "p_covid_mean": 0.4,
+        },
+        "selection": {
+            "protocol": "seed",
+            "description": "The seed's data.",
+            "counts": [
+                {
+                    "source": "ieee8023",
+                    "label": "covid",
+                    "age_group": "adult",
+                    "images": 2,
+                    "patients": 1,
+                },
+                {
+                    "source": "ieee8023",
+                    "label": "covid",
+                    "age_group": "unknown",
+                    "images": 1,
+                    "patients": 1,
+                },
+                {
+                    "source": "kermany-train",
+                    "label": "non_covid",
+                    "age_group": "child",
+                    "images": 2,
+                    "patients": 2,
+                },
+            ],
+            "excluded": {"not in protocol": 7},
+        },  # fmt: skip
         "external": {
             "name": "ext/labels.csv",
             "n": 5,
@@ -213,6 +250,7 @@ def test_rendered_card_holds_the_hand_computed_values():
         "Metrics (model_03 on the test split, 90% intervals)",
         "Shortcut audit",
         "Honesty check: adult non-COVID viral pneumonia (ieee8023)",
+        "Within-source check: ieee8023 non-COVID adults",
         "External test",
         "Known limitations",
     ]
@@ -246,6 +284,24 @@ def test_rendered_card_holds_the_hand_computed_values():
     assert "mean p_covid 0.712." in viral and "children): 0.500 [0.100, 0.900]." in viral
     assert "- ROC AUC, test COVID images vs these adults: 0.250 [0.000, 0.600]." in viral
     assert "1 listed images did not load (see the errors table)." in viral
+    assert data.startswith(
+        "\nProtocol **seed** (config `protocol_definitions.seed`, docs/protocols.md): The"
+        " seed's data.\n"
+    )
+    assert (
+        "| ieee8023 | covid | unknown | 1 | 1 |\n| kermany-train | non_covid | child | 2 | 2 |"
+        in data
+    )
+    assert "left out, by reason (`data/interim/selection_excluded.csv`): 7 not in protocol." in data
+    assert "Kermany et al" not in data or "children aged 1-5" in data
+    assert "NIH ChestX-ray8" not in data
+    within = section(card, "Within-source check: ieee8023 non-COVID adults")
+    assert within.startswith(
+        "\n4 frontal X-rays of adults without COVID-19 (No Finding: 3, SARS: 1)"
+    )
+    assert "- Specificity on them: 0.500 [0.150, 0.850] (2 / 4 called non_covid);" in within
+    assert "- ROC AUC, test COVID images vs these adults: 0.750 [0.400, 1.000]." in within
+    assert "**Confounded classes.** Every non-COVID image is a child" in card
     external = section(card, "External test")
     assert "| ROC AUC | 0.875 [0.500, 1.000] | 6 patients, 200 resamples |" in external
     assert "ext/labels.csv: 5 images scored, 2 failed." in external
@@ -270,6 +326,36 @@ def test_card_without_warnings_heat_viral_or_external():
     assert section(render(**i), "External test").strip() == (
         "x.csv: no image could be scored (3 failed)."
     )
+
+
+def test_card_of_another_protocol_names_its_controls():
+    """adult_controls: the NIH controls are described, Kermany is not, and the limitations
+    speak of sources rather than children."""
+    i = card_inputs()
+    i["selection"] = {
+        "protocol": "adult_controls",
+        "description": "COVID against adult NIH controls.",
+        "counts": [
+            {"source": "ieee8023", "label": "covid", "age_group": "adult", "images": 3,
+             "patients": 2},
+            {"source": "nih", "label": "non_covid", "age_group": "adult", "images": 2,
+             "patients": 2},
+        ],
+        "excluded": {},
+    }  # fmt: skip
+    i["splits"]["val"] = pd.DataFrame(
+        {"path": ["n.png"], "label": ["non_covid"], "source": ["nih"], "patient_id": ["nih:1"]}
+    )
+    card = render(**i)
+    data = section(card, "Data")
+    assert "| nih | free use with citation (NIH Clinical Center) | 1 |" in data
+    assert "Protocol **adult_controls** (config `protocol_definitions.adult_controls`" in data
+    assert "NIH ChestX-ray8" in data and "children aged 1-5" not in data
+    assert "| nih | non_covid | adult | 2 | 2 |" in data and "left out" not in data
+    assert "**Confounded sources.** The classes come from different collections (protocol" in card
+    assert "Confounded classes" not in card
+    viral = section(card, "Honesty check: adult non-COVID viral pneumonia (ieee8023)")
+    assert "non-COVID images: 0.500 [0.100, 0.900]." in viral and "children" not in viral
 
 
 def test_missing_values_are_errors_not_blanks():
@@ -314,7 +400,7 @@ def test_script_reads_the_run_files(tmp_path):
     for name in ("model_01_val", "model_03_test", "model_02_val"):
         jsons[name] = tmp_path / f"{name}.json"
         jsons[name].write_text(json.dumps(i["metrics"][name]))
-    for name in ("audit", "gradcam", "viral", "external"):
+    for name in ("audit", "gradcam", "viral", "within", "selection", "external"):
         jsons[name] = tmp_path / f"{name}.json"
         jsons[name].write_text(json.dumps(i[name]))
     out = tmp_path / "reports" / "model_card.md"
@@ -323,6 +409,7 @@ def test_script_reads_the_run_files(tmp_path):
     args += ["--augmented", tmp_path / "augmented.csv", "--histories", *histories]
     args += ["--metrics", jsons["model_01_val"], jsons["model_03_test"], jsons["model_02_val"]]
     args += ["--audit", jsons["audit"], "--gradcam", jsons["gradcam"], "--viral", jsons["viral"]]
+    args += ["--within", jsons["within"], "--selection", jsons["selection"]]
     args += ["--external", jsons["external"], "--image_size", "64", "--out", out]
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts/model_card.py"), *map(str, args)],
