@@ -1,6 +1,9 @@
 """The one image loader: every pipeline step reads image files through :func:`load_rgb`
 (or :func:`load_image`, which also says the bit depth used).
 
+Length: over 400 lines because decoding every Pillow mode, bit depth (sBIT) and orientation
+is one concern: the one loader, which must not be split into loaders that could disagree.
+
 It turns any image file Pillow can decode into an ``(H, W, 3) uint8`` RGB array, or raises
 :class:`ImageError` naming the file and a short reason from :data:`REASONS`. It never returns
 a silently wrong pixel: truncated files are errors (``ImageFile.LOAD_TRUNCATED_IMAGES`` is left

@@ -1,5 +1,9 @@
 """The manifest: one row per usable image, and one row per excluded file with its reason.
 
+Length: over 400 lines because each source's rows (ieee8023, Kermany, NIH) are built here
+with the shared de-duplication rules (file hash, pixel hash, both classes, near duplicates);
+they must agree, so they stay side by side.
+
 Reads the acquired raw folders only (``data/raw/...``); writes nothing itself (the manifest
 script writes the two tables). Every image goes through :func:`cxr.images.load_rgb`, so an
 unreadable file is excluded with its reason instead of stopping the run.

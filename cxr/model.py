@@ -1,5 +1,8 @@
 """The classifier: VGG19 base + the seed protocol's dense head, stage freezing, optimisers.
 
+Length: over 400 lines because the architecture, the preprocessing layers (old and new
+file formats), stage freezing and the optimisers must agree on layer names; kept together.
+
 Owned by the model half of the pipeline. Touches no files except through Keras' own
 ``load_model`` (reading a ``.keras`` file) and ``VGG19(weights=path)`` (reading the ImageNet
 ``.h5``). Imports TensorFlow/Keras, so only training, evaluation and tests import it, never the

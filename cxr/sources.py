@@ -1,5 +1,9 @@
 """Where the raw data and pretrained weights come from: download or mirror, always checksummed.
 
+Length: over 400 lines because it holds one acquire function per source (ieee8023,
+Kermany, NIH, weights) and the download error messages they share; splitting per source
+would scatter the one checksum and mirror policy.
+
 This module only writes under the output folder it is given (``data/raw/...``,
 ``models/pretrained/``). It never writes into a mirror: files are copied out of it.
 
