@@ -63,17 +63,5 @@ FLOW = (
 )
 #: The training modules, which no evaluation module (:data:`EVALUATION`) may import.
 TRAINING = ("features", "batches", "resume", "train")
-#: The evaluation modules.
-EVALUATION = (
-    "intervals",
-    "metrics",
-    "figures",
-    "audit_figures",
-    "gradcam",
-    "predict",
-    "audit",
-    "external",
-    "summary",
-    "model_card",
-    "comparison",
-)
+#: The evaluation modules: the part of :data:`FLOW` from ``intervals`` to ``comparison``.
+EVALUATION = FLOW[FLOW.index("intervals") : FLOW.index("comparison") + 1]
