@@ -28,7 +28,7 @@ from cxr.sources import file_hash
 from .conftest import REPO, WEIGHTS, copy_checkout
 
 #: Stages a split.seed change must not rerun: nothing they read depends on the split.
-BEFORE_SPLIT = {"acquire_covid", "acquire_kermany", "acquire_weights", "manifest@config"}
+BEFORE_SPLIT = {"acquire_covid", "acquire_kermany", "acquire_weights", "manifest@config", "select"}
 STORE = ("data/store/train.npz", "data/store/val.npz", "data/store/test.npz")
 
 

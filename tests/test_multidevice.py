@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -206,4 +207,4 @@ def test_training_jobs_request_the_configured_gpus(tmp_path, gpus):
     for stage in ("model_01", "model_02", "model_03"):
         assert f"Training {stage} (" in out
     assert out.count(f" epochs, {gpus} GPU) [8 threads") == 3, out[-3000:]
-    assert out.count(f"--gpus {gpus} >") == 3
+    assert len(re.findall(rf"--gpus {gpus}( |$)", out, flags=re.M)) == 3, out[-3000:]
