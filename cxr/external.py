@@ -33,6 +33,7 @@ import pandas as pd
 
 from cxr import CLASSES, LABEL_INDEX
 from cxr.intervals import clustered_bootstrap_auc, proportion_intervals
+from cxr.io import read_input_csv
 from cxr.manifest import parse_age
 from cxr.metrics import evaluation_summary
 
@@ -68,9 +69,12 @@ def read_labelled_table(csv_path, images=None) -> pd.DataFrame:
     TableError
         Missing ``path`` / ``label`` column, no rows, or a label outside :data:`cxr.CLASSES`
         (naming the first bad row).
+    cxr.io.InputEncodingError
+        The CSV is not UTF-8 (a byte-order mark is allowed): naming the file, the line and
+        how to convert it (:func:`cxr.io.read_input_csv`).
     """
     csv_path = Path(csv_path)
-    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    frame = read_input_csv(csv_path, dtype=str, keep_default_na=False)
     missing = [c for c in ("path", "label") if c not in frame.columns]
     if missing:
         raise TableError(f"{csv_path}: missing column(s) {missing}; need path, label")

@@ -1,4 +1,5 @@
-"""Atomic file writers: every output of the pipeline is written here, whole or not at all.
+"""File input and output: every output of the pipeline is written here, whole or not at all,
+and every CSV file from outside the pipeline is read here (:func:`read_input_csv`).
 
 Each writer writes to a temporary file in the destination's own folder (so the final rename
 stays on one filesystem), named ``<stem>.tmp<suffix>`` (the suffix kept, since Keras, NumPy
@@ -16,23 +17,127 @@ one flush per output file, small next to producing any of them.
 A ``.keras`` model is saved by :func:`save_keras` only, which also makes the file's bytes a
 function of the model alone (see there).
 
-References: POSIX ``rename(2)``; "Ensuring data reaches disk", https://lwn.net/Articles/457667/
+Input CSV files (a user's external test table, the upstream metadata of ieee8023 and NIH) are
+read by :func:`read_input_csv` only: as UTF-8, a leading byte-order mark allowed, and
+anything else refused with :class:`InputEncodingError`, which names the file, the line of the
+first byte that is not UTF-8 and how to convert the file. Nothing is guessed: a latin-1 or
+Windows-1252 file often decodes without error as another 8-bit encoding, into wrong names.
+
+References: POSIX ``rename(2)``; "Ensuring data reaches disk", https://lwn.net/Articles/457667/;
+the Unicode Standard, 3.10 (UTF-8) and 23.8 (the byte-order mark U+FEFF at the start of UTF-8
+text).
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import gzip
 import json
 import os
 import re
 import shutil
 import zipfile
 from collections.abc import Iterator
+from io import StringIO
 from pathlib import Path
+
+#: Files whose name ends so are gzip-compressed; :func:`read_input_csv` decompresses them.
+GZIP_SUFFIX = ".gz"
 
 #: Zip entry time of every entry of a saved ``.keras`` file: 1980-01-01 00:00:00, the
 #: earliest the zip format holds (what Keras already uses for its JSON entries).
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+class InputEncodingError(ValueError):
+    """An input text file that is not UTF-8.
+
+    Attributes
+    ----------
+    path : str, the file.
+    line : int, 1-based line of the first byte that is not UTF-8 (of the decompressed text
+        for a ``.gz`` file).
+    column : int, 1-based byte position of that byte in its line.
+    byte : int, its value (0-255).
+
+    ``str(err)`` names the file, the line and what to do. The exception pickles.
+    """
+
+    def __init__(self, path, line: int, column: int, byte: int):
+        super().__init__(str(path), line, column, byte)
+        self.path, self.line, self.column, self.byte = str(path), line, column, byte
+
+    def __str__(self) -> str:
+        path = Path(self.path)
+        gz = path.name.endswith(GZIP_SUFFIX)
+        stem = path.name.removesuffix(GZIP_SUFFIX) if gz else path.name
+        base, dot, ext = stem.rpartition(".")
+        out = path.with_name(f"{base}.utf8.{ext}" if dot else f"{stem}.utf8")
+        convert = (
+            f"gunzip -c '{path}' | iconv -f latin1 -t utf-8 | gzip > '{out}.gz'"
+            if gz
+            else f"iconv -f latin1 -t utf-8 '{path}' > '{out}'"
+        )
+        return (
+            f"{path}: not UTF-8: line {self.line}"
+            + (" of the decompressed text" if gz else "")
+            + f", byte {self.column} of the line (0x{self.byte:02x}) is not valid UTF-8. "
+            "Input CSV files must be UTF-8 (a byte-order mark is allowed). Convert it from "
+            f"its encoding, e.g. from latin-1: {convert} (Windows-1252: -f cp1252), or "
+            "re-save it from a spreadsheet as 'CSV UTF-8', and use the converted file."
+        )
+
+
+def decode_utf8(data: bytes, path="<bytes>") -> str:
+    """Decode ``data`` as UTF-8, strictly; a leading UTF-8 byte-order mark is dropped.
+
+    Raises
+    ------
+    InputEncodingError naming ``path`` and the line and byte of the first invalid byte.
+    """
+    body = data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = body.rfind(b"\n", 0, exc.start) + 1
+        line = body.count(b"\n", 0, exc.start) + 1
+        raise InputEncodingError(path, line, exc.start - line_start + 1, body[exc.start]) from None
+
+
+def read_input_csv(path, **read_csv_options):
+    """Read a CSV file from outside the pipeline: UTF-8 (a byte-order mark allowed), or refused.
+
+    The one reader of every CSV file the pipeline does not write itself: the external test
+    table (config ``external.metadata``), ieee8023 ``metadata.csv`` and the NIH
+    ``Data_Entry_2017_v2020.csv.gz`` (mirror or download). The bytes are decoded by
+    :func:`decode_utf8` before pandas parses them, so no encoding is guessed.
+
+    Parameters
+    ----------
+    path : path-like; a name ending in ``.gz`` is gunzipped first.
+    **read_csv_options : passed to ``pandas.read_csv`` (e.g. ``dtype=str``,
+        ``keep_default_na=False``); not ``encoding``.
+
+    Returns
+    -------
+    pandas.DataFrame.
+
+    Raises
+    ------
+    InputEncodingError naming the file, the line and how to convert it, when the file is
+    not UTF-8; FileNotFoundError when it does not exist; pandas' ``ParserError`` for
+    malformed CSV.
+    """
+    import pandas as pd
+
+    if "encoding" in read_csv_options:
+        raise TypeError("read_input_csv reads UTF-8 only; do not pass encoding")
+    path = Path(path)
+    opener = gzip.open if path.name.endswith(GZIP_SUFFIX) else open
+    with opener(path, "rb") as f:
+        text = decode_utf8(f.read(), path)
+    return pd.read_csv(StringIO(text), **read_csv_options)
 
 
 def temporary_path(path) -> Path:

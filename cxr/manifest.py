@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from cxr.images import ImageError, image_info, load_image, perceptual_hash
+from cxr.io import read_input_csv
 from cxr.sources import file_hash
 
 COLUMNS = [
@@ -107,14 +108,15 @@ def read_metadata(path, required=REQUIRED_METADATA) -> pd.DataFrame:
     """Read a metadata table (default: the covid-chestxray-dataset ``metadata.csv``) as strings.
 
     ``required``: the columns it must have (:data:`REQUIRED_NIH_METADATA` for the NIH table;
-    a ``.gz`` file is decompressed).
+    a ``.gz`` file is decompressed). Read as UTF-8 by :func:`cxr.io.read_input_csv`.
 
     Raises
     ------
     MetadataError naming the file and the missing column(s), with the closest column name
     found when only the spelling differs (e.g. ``patient_id`` for ``patientid``).
+    cxr.io.InputEncodingError naming the file and line when it is not UTF-8.
     """
-    meta = pd.read_csv(path, dtype=str, keep_default_na=False)
+    meta = read_input_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in required if c not in meta.columns]
     if missing:
         norm = {re.sub(r"[^a-z]", "", c.lower()): c for c in meta.columns}

@@ -33,9 +33,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
-import pandas as pd
-
-from cxr.io import atomic_path, write_text
+from cxr.io import atomic_path, read_input_csv, write_text
 
 COVID_DIR = "covid-chestxray-dataset"
 KERMANY_DIR = "chest_xray"
@@ -267,13 +265,14 @@ def acquire_covid(out_dir, *, mirror=None, base_url: str) -> int:
     ------
     DownloadError for ``metadata.csv``, or for any image that fails other than by a 404 (no
     network, a refused connection): such a run would otherwise "succeed" with no images.
+    cxr.io.InputEncodingError when the downloaded ``metadata.csv`` is not UTF-8.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if mirror:
         return copy_from_mirror(mirror, COVID_DIR, out_dir)
     _download(base_url + "metadata.csv", None, out_dir / "metadata.csv")
-    meta = pd.read_csv(out_dir / "metadata.csv", dtype=str)
+    meta = read_input_csv(out_dir / "metadata.csv", dtype=str)
     n = 1
     for fname in sorted(set(meta.loc[meta["modality"] == "X-ray", "filename"].dropna())):
         try:

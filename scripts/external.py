@@ -13,10 +13,11 @@ Entry point shared by Snakemake and DVC; options named like the config keys (sec
   --images, default the CSV's folder); figure: ROC and precision-recall curves.
 
 Files that do not load are listed in --errors (path, reason, detail); how many is said in the
-figure's title. In table mode, a CSV of which no listed file loads is refused (exit 1, naming
-the CSV, the folder its relative paths were resolved against and the first failed path) and
-nothing is written. Writes only --metrics (JSON), --predictions, --errors (CSV) and --figure
-(PNG).
+figure's title. In table mode, a CSV that is not UTF-8 (a byte-order mark is allowed) is
+refused (exit 1, naming the file, the line and how to convert it), as is a CSV of which no
+listed file loads (naming the CSV, the folder its relative paths were resolved against and
+the first failed path); nothing is written then. Writes only --metrics (JSON),
+--predictions, --errors (CSV) and --figure (PNG).
 """
 
 import argparse
@@ -82,7 +83,8 @@ from cxr.external import (  # noqa: E402
     summarise,
 )
 from cxr.figures import roc_pr_figure, save_png  # noqa: E402
-from cxr.io import write_json, write_table  # noqa: E402
+from cxr.io import InputEncodingError, write_json, write_table  # noqa: E402
+from cxr.manifest import read_metadata  # noqa: E402
 from cxr.metrics import format_interval, roc_pr_curves  # noqa: E402
 from cxr.model import load_model  # noqa: E402
 
@@ -105,7 +107,7 @@ if a.mode in ("ieee8023", "ieee8023_adult"):
     covid_dir = Path(a.covid_dir)
     table = ieee8023_viral_table(
         pd.read_csv(a.excluded, dtype=str, keep_default_na=False),
-        pd.read_csv(covid_dir / "metadata.csv", dtype=str, keep_default_na=False),
+        read_metadata(covid_dir / "metadata.csv"),
         covid_dir,
         findings,
         a.views,
@@ -137,7 +139,7 @@ else:
         table = read_labelled_table(a.metadata, a.images)
         scored, errors = score_table(model, table, a.batch_size)
         require_loaded(scored, errors, a.metadata, a.images)
-    except TableError as err:
+    except (TableError, InputEncodingError) as err:
         sys.exit(f"ERROR: {err}")
     metrics = summarise(scored, errors, str(a.metadata), **bootstrap)
     roc, pr = roc_pr_curves(scored["label"].map(LABEL_INDEX), scored["p_covid"])

@@ -1,9 +1,14 @@
-"""Rule manifest: raw folders -> data/interim/manifest.csv and excluded.csv (with reasons)."""
+"""Rule manifest: raw folders -> data/interim/manifest.csv and excluded.csv (with reasons).
+
+A metadata table that is not UTF-8 or lacks a required column is refused (exit 1, naming the
+file and the line or column); nothing is written then.
+"""
 
 import argparse
+import sys
 
-from cxr.io import write_csv
-from cxr.manifest import build_manifest, near_duplicates
+from cxr.io import InputEncodingError, write_csv
+from cxr.manifest import MetadataError, build_manifest, near_duplicates
 
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--covid", required=True, help="acquired covid-chestxray-dataset folder")
@@ -19,16 +24,19 @@ p.add_argument("--min_side", type=int, required=True)
 p.add_argument("--max_pixels", type=int, required=True)
 p.add_argument("--near_duplicate_distance", type=int, required=True, help="phash bits")
 a = p.parse_args()
-df, ex = build_manifest(
-    a.covid,
-    a.kermany,
-    nih_dir=a.nih or None,
-    covid_findings=a.covid_findings,
-    modality=a.modality,
-    views=a.views,
-    min_side=a.min_side,
-    max_pixels=a.max_pixels,
-)
+try:
+    df, ex = build_manifest(
+        a.covid,
+        a.kermany,
+        nih_dir=a.nih or None,
+        covid_findings=a.covid_findings,
+        modality=a.modality,
+        views=a.views,
+        min_side=a.min_side,
+        max_pixels=a.max_pixels,
+    )
+except (InputEncodingError, MetadataError) as err:
+    sys.exit(f"ERROR: {err}")
 write_csv(df, a.manifest)
 write_csv(ex, a.excluded)
 near = near_duplicates(df, a.near_duplicate_distance)

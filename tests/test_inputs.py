@@ -1,0 +1,158 @@
+"""Strict inputs (issue 18, item 4): CSV files from outside the pipeline are UTF-8 or refused
+with the file, the line and what to do; images outside the split are held to the training
+images' inclusion rules; only decoding errors quarantine an image (MemoryError and interrupts
+propagate)."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from cxr.external import TableError, read_labelled_table
+from cxr.io import InputEncodingError, read_input_csv
+from cxr.manifest import build_manifest, read_metadata
+
+from .conftest import REPO
+
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+MIN_SIDE = CONFIG["manifest"]["min_side"]
+MAX_PIXELS = CONFIG["manifest"]["max_pixels"]
+
+# "José" in latin-1: 0xe9 is not UTF-8. Line 3, byte 4 of the line (J=1, o=2, s=3, é=4).
+LATIN1 = "path,label,patient_id\na.png,covid,p1\nJosé.png,non_covid,p2\n".encode("latin-1")
+
+
+class FakeModel:
+    """p_covid = mean red / 255 of the image (no TensorFlow)."""
+
+    input_shape = (None, 8, 8, 3)
+
+    def predict(self, images, batch_size=None, verbose=0):
+        p = images[..., 0].mean(axis=(1, 2)) / 255.0
+        return np.stack([1 - p, p], axis=1)
+
+
+def png(path, height, width, value=128):
+    Image.fromarray(np.full((height, width, 3), value, np.uint8)).save(path)
+    return path
+
+
+# --- CSV files: UTF-8 or a clear error ------------------------------------------------------
+
+
+def test_a_latin1_external_table_is_refused_naming_file_line_and_fix(tmp_path):
+    csv = tmp_path / "labels.csv"
+    csv.write_bytes(LATIN1)
+    with pytest.raises(InputEncodingError) as err:
+        read_labelled_table(csv)
+    e = err.value
+    assert (e.path, e.line, e.column, e.byte) == (str(csv), 3, 4, 0xE9)
+    message = str(e)
+    assert message.startswith(f"{csv}: not UTF-8: line 3, byte 4 of the line (0xe9)")
+    assert f"iconv -f latin1 -t utf-8 '{csv}' > '{tmp_path / 'labels.utf8.csv'}'" in message
+    assert "CSV UTF-8" in message
+    assert not isinstance(e, UnicodeDecodeError)
+
+
+def test_the_fix_the_error_names_works(tmp_path):
+    """The converted file (what ``iconv -f latin1 -t utf-8`` writes) reads, names intact."""
+    fixed = tmp_path / "labels.utf8.csv"
+    fixed.write_bytes(LATIN1.decode("latin-1").encode("utf-8"))
+    assert read_labelled_table(fixed)["path"].tolist() == [
+        str(tmp_path / "a.png"),
+        str(tmp_path / "José.png"),
+    ]
+
+
+def test_a_utf8_table_with_a_byte_order_mark_reads(tmp_path):
+    csv = tmp_path / "bom.csv"
+    csv.write_bytes(b"\xef\xbb\xbf" + "path,label,patient_id\nJosé.png,covid,p1\n".encode())
+    table = read_labelled_table(csv)
+    assert table.to_dict("records") == [
+        {"path": str(tmp_path / "José.png"), "label": "covid", "patient_id": "p1"}
+    ]
+    raw = read_input_csv(csv, dtype=str)
+    assert list(raw.columns) == ["path", "label", "patient_id"]  # no "\ufeffpath"
+
+
+def test_the_line_counts_the_bom_and_lines_of_the_file(tmp_path):
+    """Byte-order mark (3 bytes, no line) and a 2-byte UTF-8 character before the bad byte:
+    line 2, byte 7 (a=1, b=2, ','=3, é=4-5, x=6, 0x96=7, a Windows-1252 dash)."""
+    csv = tmp_path / "t.csv"
+    csv.write_bytes(b"\xef\xbb\xbfpath,label\nab,\xc3\xa9x\x96\n")
+    with pytest.raises(InputEncodingError) as err:
+        read_input_csv(csv)
+    assert (err.value.line, err.value.column, err.value.byte) == (2, 7, 0x96)
+
+
+def test_upstream_metadata_is_read_strictly_too(tmp_path):
+    """ieee8023 metadata.csv (the manifest) and a gzipped NIH table: same reader, same error."""
+    covid = tmp_path / "covid"
+    covid.mkdir()
+    rows = "patientid,finding,view,modality,filename\n1,COVID-19,PA,X-ray,a.png\n"
+    (covid / "metadata.csv").write_bytes((rows + "2,Pneumonía,PA,X-ray,b.png\n").encode("latin-1"))
+    # "2,Pneumon" is 9 bytes, so latin-1 "í" (0xed) is byte 10 of line 3.
+    with pytest.raises(InputEncodingError, match=r"metadata.csv: not UTF-8: line 3, byte 10 "):
+        build_manifest(covid, tmp_path / "kermany")
+    nih = tmp_path / "Data_Entry.csv.gz"
+    nih.write_bytes(gzip.compress("Image Index\nx.png\nñ.png\n".encode("latin-1")))
+    with pytest.raises(InputEncodingError) as err:
+        read_metadata(nih, ("Image Index",))
+    assert str(err.value).startswith(f"{nih}: not UTF-8: line 3 of the decompressed text, byte 1")
+    assert f"gunzip -c '{nih}' | iconv -f latin1 -t utf-8 | gzip >" in str(err.value)
+    nih.write_bytes(gzip.compress("Image Index\nx.png\nñ.png\n".encode()))
+    assert read_metadata(nih, ("Image Index",))["Image Index"].tolist() == ["x.png", "ñ.png"]
+
+
+def test_the_real_mirror_metadata_is_utf8(mirror):
+    """The shipped inputs pass the strict reader and read as pandas' own UTF-8 reading does
+    (so the rule refuses nothing that ran before and changes no value)."""
+    path = mirror / "covid-chestxray-dataset" / "metadata.csv"
+    pd.testing.assert_frame_equal(
+        read_metadata(path), pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    )
+
+
+@pytest.mark.slow
+def test_the_script_refuses_a_latin1_table_in_one_line(tmp_path):
+    """The rule's script: exit 1, one ERROR line naming file and line, no traceback, no
+    outputs."""
+    keras = pytest.importorskip("keras")
+    from cxr.model import build_model
+
+    keras.utils.set_random_seed(0)
+    model = tmp_path / "model_03.keras"
+    build_model(32, dense_units=(4, 4)).save(model)
+    csv = tmp_path / "labels.csv"
+    csv.write_bytes(LATIN1)
+    out = {k: tmp_path / f"out.{k}" for k in ("json", "csv", "errors", "png")}
+    args = ["table", "--model", str(model), "--metadata", str(csv)]
+    args += ["--metrics", str(out["json"]), "--predictions", str(out["csv"])]
+    args += ["--errors", str(out["errors"]), "--figure", str(out["png"]), "--batch_size", "2"]
+    args += ["--bootstrap_resamples", "10", "--bootstrap_seed", "0", "--confidence", "0.95"]
+    args += ["--calibration_bins", "5", "--dpi", "50"]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts/external.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "UnicodeDecodeError" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ERROR: {csv}: not UTF-8: line 3, byte 4 of the line (0xe9)")
+    assert not any(p.exists() for p in out.values())
+
+
+def test_a_table_error_is_not_an_encoding_error(tmp_path):
+    """A UTF-8 table with a bad label still gets its own message (row and value)."""
+    (tmp_path / "t.csv").write_text("path,label\nJosé.png,COVID\n", encoding="utf-8")
+    with pytest.raises(TableError, match="row 2: label 'COVID'"):
+        read_labelled_table(tmp_path / "t.csv")
