@@ -38,6 +38,10 @@ Every conversion also reports the bit depth it scaled by and a warning for an im
 range (:func:`load_image`, :class:`LoadedImage`): a flat picture (any mode), or a 16-bit
 grey one whose maximum is under a quarter of its depth's range.
 
+Only decoding errors become :class:`ImageError` (:data:`DECODE_ERRORS`): ``MemoryError``,
+``KeyboardInterrupt`` and any other exception propagate, so a busy machine stops the run
+instead of quarantining a good image and changing the data set.
+
 Rounding is half up. EXIF orientation is applied (``ImageOps.exif_transpose``) before the
 conversion. Multi-frame files (GIF, TIFF) give their first frame. 16-bit-per-channel colour
 PNGs are reduced to 8 bits by Pillow itself.
@@ -50,6 +54,7 @@ from __future__ import annotations
 import os
 import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import imagehash
@@ -78,6 +83,24 @@ STORED_DEPTHS = (10, 12, 14, 16)
 #: (32 bits, min-max scaled) are recorded as 32; ``I;16*`` as :func:`stored_bit_depth` says.
 MODE_DEPTHS = {"1": 1, "I": 32, "F": 32}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: What a decoder raises on a malformed or truncated file, and so what the loader turns into
+#: an :class:`ImageError` ("unreadable", "truncated", "corrupt"). ``OSError`` (with
+#: ``PIL.UnidentifiedImageError`` and "image file is truncated"), ``ValueError``,
+#: ``EOFError`` and ``zlib.error`` are what Pillow's plugins raise on bad data; ``SyntaxError``,
+#: ``IndexError``, ``TypeError`` and ``struct.error`` are the ones Pillow's own
+#: ``Image.open`` treats as "this data is not that format" (``PIL/Image.py``, ``_open_core``).
+#: ``MemoryError`` and ``KeyboardInterrupt`` are not among them: they say nothing about the
+#: file. Pillow's decompression-bomb error and warning are handled on their own.
+DECODE_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    SyntaxError,
+    IndexError,
+    TypeError,
+    struct.error,
+    zlib.error,
+)
 
 
 @dataclass(frozen=True)
@@ -146,7 +169,7 @@ def _open(path) -> Image.Image:
         raise ImageError(path, "decompression bomb", str(exc)) from exc
     except UnidentifiedImageError as exc:
         raise ImageError(path, "unreadable", "not an image format Pillow can identify") from exc
-    except Exception as exc:  # plugin errors at header parse: OSError, SyntaxError, ...
+    except DECODE_ERRORS as exc:  # plugin errors at header parse: OSError, SyntaxError, ...
         reason = "truncated" if "truncat" in str(exc).lower() else "unreadable"
         raise ImageError(path, reason, f"{type(exc).__name__}: {exc}") from exc
 
@@ -235,8 +258,11 @@ def load_image(path, *, min_side: int = 1, max_pixels: int = 50_000_000) -> Load
     ------
     ImageError with ``reason`` one of ``"missing"``, ``"empty file"``, ``"unreadable"``,
     ``"truncated"``, ``"corrupt"``, ``"too small"``, ``"decompression bomb"``,
-    ``"unsupported mode"``, ``"non-finite pixels"``.
+    ``"unsupported mode"``, ``"non-finite pixels"``: only for what the file holds, and for
+    the decoders' :data:`DECODE_ERRORS`.
     ValueError if ``min_side`` or ``max_pixels`` is below 1.
+    MemoryError, KeyboardInterrupt and any other exception that is not a decoding error, as
+    raised (never turned into an :class:`ImageError`).
     """
     if min_side < 1 or max_pixels < 1:
         raise ValueError(f"min_side and max_pixels must be >= 1, got {min_side}, {max_pixels}")
@@ -254,13 +280,13 @@ def load_image(path, *, min_side: int = 1, max_pixels: int = 50_000_000) -> Load
                 im.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageError(path, "decompression bomb", str(exc)) from exc
-        except Exception as exc:  # whatever the decoder raises: OSError, SyntaxError, ...
+        except DECODE_ERRORS as exc:  # what decoders raise on bad data: OSError, EOFError, ...
             text = f"{type(exc).__name__}: {exc}"
             truncated = isinstance(exc, EOFError) or "truncat" in str(exc).lower()
             raise ImageError(path, "truncated" if truncated else "corrupt", text) from exc
         try:
             oriented = ImageOps.exif_transpose(im)
-        except Exception as exc:  # malformed EXIF: the orientation cannot be trusted
+        except DECODE_ERRORS as exc:  # malformed EXIF: the orientation cannot be trusted
             raise ImageError(path, "corrupt", f"EXIF orientation: {exc}") from exc
         sbit = png_significant_bits(path) if im.format == "PNG" else None
         return convert(oriented, path=path, significant_bits=sbit)

@@ -6,18 +6,24 @@ propagate)."""
 from __future__ import annotations
 
 import gzip
+import io
+import random
+import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from PIL import Image
+from PIL import Image, ImageFile, ImageOps
 
 from cxr.external import TableError, read_labelled_table
+from cxr.images import DECODE_ERRORS, ImageError, load_image
 from cxr.io import InputEncodingError, read_input_csv
 from cxr.manifest import build_manifest, read_metadata
+from cxr.predict import load_for_model
 
 from .conftest import REPO
 
@@ -149,6 +155,106 @@ def test_the_script_refuses_a_latin1_table_in_one_line(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"ERROR: {csv}: not UTF-8: line 3, byte 4 of the line (0xe9)")
     assert not any(p.exists() for p in out.values())
+
+
+# --- image decoding: only decoding errors quarantine ----------------------------------------
+
+
+def truncated_png(path):
+    data = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)).save(data, "PNG")
+    path.write_bytes(data.getvalue()[: len(data.getvalue()) // 2])
+    return path
+
+
+def raiser(exc):
+    def boom(*args, **kwargs):
+        raise exc
+
+    return boom
+
+
+@pytest.mark.parametrize(
+    "where",
+    [(Image, "open"), (ImageFile.ImageFile, "load"), (ImageOps, "exif_transpose")],
+    ids=["header", "decode", "orientation"],
+)
+@pytest.mark.parametrize("exc", [MemoryError, KeyboardInterrupt])
+def test_memory_errors_and_interrupts_propagate(tmp_path, monkeypatch, where, exc):
+    good = png(tmp_path / "good.png", 20, 20)
+    monkeypatch.setattr(*where, raiser(exc()))
+    with pytest.raises(exc):
+        load_image(good)
+    with pytest.raises(exc):  # scoring an external table does not list it as a failure
+        load_for_model([good], 8)
+
+
+def test_a_truncated_file_is_still_quarantined_beside_a_good_one(tmp_path):
+    good = png(tmp_path / "good.png", 20, 20, value=7)
+    cut = truncated_png(tmp_path / "cut.png")
+    images, ok, errors = load_for_model([cut, good], 8)
+    assert ok == [str(good)] and images.shape == (1, 8, 8, 3) and (images == 7).all()
+    assert [(p, r) for p, r, _ in errors] == [(str(cut), "truncated")]
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError("broken data stream"),
+        SyntaxError("broken PNG file"),
+        ValueError("bad tile"),
+        EOFError(),
+        IndexError("palette"),
+        TypeError("Missing dimensions"),
+        struct.error("unpack requires a buffer"),
+        zlib.error("Error -3 while decompressing"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_each_decoding_error_quarantines_as_corrupt(tmp_path, monkeypatch, exc):
+    assert isinstance(exc, DECODE_ERRORS)
+    good = png(tmp_path / "x.png", 20, 20)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", raiser(exc))
+    with pytest.raises(ImageError) as err:
+        load_image(good)
+    expected = "truncated" if isinstance(exc, EOFError) else "corrupt"
+    assert err.value.reason == expected and type(exc).__name__ in err.value.detail
+
+
+@pytest.mark.filterwarnings("ignore:.*EXIF|Tag data|Metadata Warning|Truncated File:UserWarning")
+def test_damaged_files_of_every_format_give_image_errors_only(tmp_path):
+    """300 files with bytes cut or flipped (seeded), across formats and modes: each loads or
+    raises ImageError; no other exception escapes the narrowed catch."""
+    rng = random.Random(18)
+    grey = np.random.default_rng(18).integers(0, 255, (48, 40), np.uint8)
+    bases = []
+    for fmt, image in [
+        ("PNG", Image.fromarray(grey)),
+        ("PNG", Image.fromarray(grey.astype(np.uint16) * 200)),
+        ("JPEG", Image.fromarray(grey)),
+        ("TIFF", Image.fromarray(grey)),
+        ("GIF", Image.fromarray(grey).convert("P")),
+        ("BMP", Image.fromarray(grey).convert("RGB")),
+    ]:
+        data = io.BytesIO()
+        image.save(data, fmt)
+        bases.append(data.getvalue())
+    outcomes = set()
+    path = tmp_path / "damaged"
+    for i in range(300):
+        data = bytearray(bases[i % len(bases)])
+        if i % 3 == 0:
+            data = data[: rng.randrange(1, len(data))]
+        else:
+            for _ in range(rng.randrange(1, 6)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        path.write_bytes(bytes(data))
+        try:
+            load_image(path)
+            outcomes.add("loaded")
+        except ImageError as err:
+            outcomes.add(err.reason)
+    assert {"loaded", "truncated", "corrupt"} <= outcomes
 
 
 def test_a_table_error_is_not_an_encoding_error(tmp_path):
