@@ -18,6 +18,13 @@ pneumonia images.
   ``external.ieee8023_adult_min_age`` or more). No shipped protocol trains on them, and they
   share the COVID images' source, so a model that learned the source calls them covid.
 
+Inputs are held to the training images' rules: the CSV is read as UTF-8 only
+(:func:`cxr.io.read_input_csv`), and every image goes through the manifest's inclusion rules,
+the one loader :func:`cxr.images.load_image` with the manifest's ``min_side`` and
+``max_pixels`` (config ``manifest.*``): an image the manifest would exclude (too small, a
+decompression bomb, an unsupported mode, undecodable) is listed in the errors table with the
+same reason text as in ``excluded.csv``, and not scored.
+
 Scoring and metrics: :func:`score_table` (through :func:`cxr.predict.load_for_model`, so bad
 files are listed, not fatal) and :func:`cxr.metrics.evaluation_summary`. A table of which no
 file loads is refused (:func:`require_loaded`: usually paths relative to the wrong folder);
@@ -152,18 +159,37 @@ def ieee8023_viral_table(
     )
 
 
-def score_table(model, table: pd.DataFrame, batch_size: int = 16):
-    """p_covid for every loadable row of a labelled table.
+def score_table(
+    model,
+    table: pd.DataFrame,
+    batch_size: int = 16,
+    *,
+    min_side: int = 1,
+    max_pixels: int = 50_000_000,
+):
+    """p_covid for every row of a labelled table whose image passes the inclusion rules.
+
+    Parameters
+    ----------
+    model : a Keras model with an ``(S, S, 3)`` input.
+    table : rows ``path, label, patient_id`` (and any others, kept).
+    batch_size : images per prediction batch.
+    min_side, max_pixels : the manifest's inclusion rules (config ``manifest.min_side``,
+        ``manifest.max_pixels``; the rules pass them, so these images are held to the
+        training images' rules), applied by :func:`cxr.images.load_image`.
 
     Returns
     -------
     scored : the rows that loaded, with ``predicted`` and ``p_covid`` added.
-    errors : DataFrame ``path, reason, detail`` of the rows that did not.
+    errors : DataFrame ``path, reason, detail`` of the rows that did not (reasons as in the
+        manifest's ``excluded.csv``: :data:`cxr.images.REASONS`).
     """
     from cxr.metrics import predicted_labels
     from cxr.predict import load_for_model, model_size, predict_p_covid
 
-    images, ok, errors = load_for_model(list(table["path"]), model_size(model))
+    images, ok, errors = load_for_model(
+        list(table["path"]), model_size(model), min_side=min_side, max_pixels=max_pixels
+    )
     failed = {e[0] for e in errors}
     scored = table[~table["path"].astype(str).isin(failed)].reset_index(drop=True)
     if len(scored) != len(ok):

@@ -59,6 +59,8 @@ rule evaluate_ieee8023_viral:
         options=config_params(
             "external.ieee8023_viral_findings",
             "manifest.views",
+            "manifest.min_side",
+            "manifest.max_pixels",
             "evaluate.batch_size",
             *BOOTSTRAP,
             "evaluate.calibration_bins",
@@ -106,6 +108,8 @@ rule evaluate_ieee8023_adult:
             "external.ieee8023_adult_findings",
             "external.ieee8023_adult_min_age",
             "manifest.views",
+            "manifest.min_side",
+            "manifest.max_pixels",
             "evaluate.batch_size",
             *BOOTSTRAP,
             "evaluate.calibration_bins",
@@ -147,6 +151,8 @@ rule evaluate_external:
     params:
         options=config_params(
             "external.images",
+            "manifest.min_side",
+            "manifest.max_pixels",
             "evaluate.batch_size",
             *BOOTSTRAP,
             "evaluate.calibration_bins",

@@ -12,12 +12,14 @@ Entry point shared by Snakemake and DVC; options named like the config keys (sec
 - ``table``: any labelled folder, --metadata CSV ``path,label[,patient_id]`` (paths relative to
   --images, default the CSV's folder); figure: ROC and precision-recall curves.
 
-Files that do not load are listed in --errors (path, reason, detail); how many is said in the
-figure's title. In table mode, a CSV that is not UTF-8 (a byte-order mark is allowed) is
-refused (exit 1, naming the file, the line and how to convert it), as is a CSV of which no
+Every image is held to the training images' inclusion rules (--min_side, --max_pixels: the
+manifest's, through the one loader); files that fail them or do not load are listed in
+--errors (path, reason, detail, the reasons of the manifest's excluded.csv); how many is said
+in the figure's title. In table mode, a CSV that is not UTF-8 (a byte-order mark is allowed)
+is refused (exit 1, naming the file, the line and how to convert it), as is a CSV of which no
 listed file loads (naming the CSV, the folder its relative paths were resolved against and
-the first failed path); nothing is written then. Writes only --metrics (JSON),
---predictions, --errors (CSV) and --figure (PNG).
+the first failed path); nothing is written then. Writes only --metrics (JSON), --predictions,
+--errors (CSV) and --figure (PNG).
 """
 
 import argparse
@@ -40,6 +42,8 @@ p.add_argument("--ieee8023_adult_min_age", type=float, help="ieee8023_adult: yea
 p.add_argument("--views", nargs="+", help="ieee8023: frontal views taken")
 p.add_argument("--metadata", help="table: CSV path,label[,patient_id]")
 p.add_argument("--images", default=None, help="table: folder of relative paths")
+p.add_argument("--min_side", type=int, required=True, help="px; the manifest's inclusion rule")
+p.add_argument("--max_pixels", type=int, required=True, help="the manifest's inclusion rule")
 p.add_argument("--batch_size", type=int, required=True)
 p.add_argument("--bootstrap_resamples", type=int, required=True)
 p.add_argument("--bootstrap_seed", type=int, required=True)
@@ -94,6 +98,7 @@ bootstrap = dict(
     confidence=a.confidence,
     n_bins=a.calibration_bins,
 )
+inclusion = dict(min_side=a.min_side, max_pixels=a.max_pixels)
 model = load_model(a.model)
 if a.mode in ("ieee8023", "ieee8023_adult"):
     viral = a.mode == "ieee8023"
@@ -114,7 +119,7 @@ if a.mode in ("ieee8023", "ieee8023_adult"):
         min_age=min_age,
     )
     print(f"{len(table)} ieee8023 images with findings {findings}")
-    scored, errors = score_table(model, table, a.batch_size)
+    scored, errors = score_table(model, table, a.batch_size, **inclusion)
     test = pd.read_csv(a.test_predictions, dtype={"patient_id": str, "path": str})
     metrics = ieee8023_viral_summary(scored, errors, test, **bootstrap, name=f"ieee8023 {what}")
     spec = metrics.get("intervals", {}).get("specificity")
@@ -137,7 +142,7 @@ if a.mode in ("ieee8023", "ieee8023_adult"):
 else:
     try:
         table = read_labelled_table(a.metadata, a.images)
-        scored, errors = score_table(model, table, a.batch_size)
+        scored, errors = score_table(model, table, a.batch_size, **inclusion)
         require_loaded(scored, errors, a.metadata, a.images)
     except (TableError, InputEncodingError) as err:
         sys.exit(f"ERROR: {err}")

@@ -239,7 +239,7 @@ def test_script_fails_when_no_listed_file_loads(tmp_path):
     args += ["--metrics", str(out["json"]), "--predictions", str(out["csv"])]
     args += ["--errors", str(out["errors"]), "--figure", str(out["png"]), "--batch_size", "2"]
     args += ["--bootstrap_resamples", "10", "--bootstrap_seed", "0", "--confidence", "0.95"]
-    args += ["--calibration_bins", "5", "--dpi", "50"]
+    args += ["--calibration_bins", "5", "--dpi", "50", "--min_side", "1", "--max_pixels", "100"]
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts/external.py"), *args],
         capture_output=True,

@@ -19,13 +19,14 @@ import pytest
 import yaml
 from PIL import Image, ImageFile, ImageOps
 
-from cxr.external import TableError, read_labelled_table
+from cxr import dag
+from cxr.external import TableError, read_labelled_table, score_table
 from cxr.images import DECODE_ERRORS, ImageError, load_image
 from cxr.io import InputEncodingError, read_input_csv
 from cxr.manifest import build_manifest, read_metadata
 from cxr.predict import load_for_model
 
-from .conftest import REPO
+from .conftest import REPO, copy_checkout
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 MIN_SIDE = CONFIG["manifest"]["min_side"]
@@ -143,7 +144,7 @@ def test_the_script_refuses_a_latin1_table_in_one_line(tmp_path):
     args += ["--metrics", str(out["json"]), "--predictions", str(out["csv"])]
     args += ["--errors", str(out["errors"]), "--figure", str(out["png"]), "--batch_size", "2"]
     args += ["--bootstrap_resamples", "10", "--bootstrap_seed", "0", "--confidence", "0.95"]
-    args += ["--calibration_bins", "5", "--dpi", "50"]
+    args += ["--calibration_bins", "5", "--dpi", "50", "--min_side", "1", "--max_pixels", "100"]
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts/external.py"), *args],
         capture_output=True,
@@ -155,6 +156,73 @@ def test_the_script_refuses_a_latin1_table_in_one_line(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"ERROR: {csv}: not UTF-8: line 3, byte 4 of the line (0xe9)")
     assert not any(p.exists() for p in out.values())
+
+
+# --- images outside the split: the training images' inclusion rules -------------------------
+
+
+def test_external_images_are_held_to_the_manifests_rules(tmp_path):
+    """An image one pixel under config manifest.min_side is listed with the manifest's own
+    reason text and not scored; one at min_side is scored (p_covid = red / 255, the fake
+    model); a decompression bomb by max_pixels likewise."""
+    small = png(tmp_path / "small.png", MIN_SIDE - 1, 300, value=200)
+    edge = png(tmp_path / "edge.png", MIN_SIDE, MIN_SIDE, value=51)
+    big = png(tmp_path / "big.png", 300, 300, value=10)
+    table = pd.DataFrame(
+        {
+            "path": [str(small), str(edge), str(big)],
+            "label": ["covid", "non_covid", "covid"],
+            "patient_id": ["p1", "p2", "p3"],
+        }
+    )
+    scored, errors = score_table(FakeModel(), table, min_side=MIN_SIDE, max_pixels=300 * 300 - 1)
+    assert scored["path"].tolist() == [str(edge)]
+    assert scored["p_covid"].tolist() == pytest.approx([51 / 255])
+    assert errors.to_dict("records") == [
+        {"path": str(small), "reason": "too small", "detail": f"300x{MIN_SIDE - 1}, "
+         f"min_side={MIN_SIDE}"},
+        {"path": str(big), "reason": "decompression bomb",
+         "detail": f"300x300 exceeds max_pixels={300 * 300 - 1}"},
+    ]  # fmt: skip
+    # The manifest excludes the same file with the same reason and detail text.
+    covid = tmp_path / "covid"
+    (covid / "images").mkdir(parents=True)
+    png(covid / "images" / "small.png", MIN_SIDE - 1, 300)
+    (covid / "metadata.csv").write_text(
+        "patientid,finding,view,modality,filename\n1,COVID-19,PA,X-ray,small.png\n"
+    )
+    _, excluded = build_manifest(covid, tmp_path / "none", min_side=MIN_SIDE)
+    assert excluded["reason"].tolist() == ["too small"]
+    assert (
+        excluded["detail"][0]
+        == f"{covid / 'images' / 'small.png'}: too small: " + (errors["detail"][0])
+    )
+
+
+def test_the_rules_pass_the_manifests_limits_to_every_test_outside_the_split(tmp_path):
+    """evaluate_external, evaluate_ieee8023_viral and evaluate_ieee8023_adult render
+    --min_side and --max_pixels from config manifest.* (an overlay's values, here)."""
+    root = copy_checkout(tmp_path / "checkout")
+    (root / "ext").mkdir()
+    (root / "ext/labels.csv").write_text("path,label\na.png,covid\n")
+    (root / "overlay.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "manifest": {"min_side": 77, "max_pixels": 123456},
+                "external": {"metadata": "ext/labels.csv"},
+            }
+        )
+    )
+    overlay = ["tests/config/smoke.yaml", "overlay.yaml"]
+    with dag.snakemake_dag(root, configfiles=overlay) as (_, jobs):
+        cmds = {j.rule.name: j.shellcmd for j in jobs}
+    for rule in (
+        "manifest",
+        "evaluate_external",
+        "evaluate_ieee8023_viral",
+        "evaluate_ieee8023_adult",
+    ):
+        assert "--min_side 77 --max_pixels 123456" in cmds[rule], rule
 
 
 # --- image decoding: only decoding errors quarantine ----------------------------------------
