@@ -127,6 +127,36 @@ def test_the_real_mirror_metadata_is_utf8(mirror):
     )
 
 
+def test_the_manifest_script_refuses_latin1_metadata_in_one_line(tmp_path):
+    """scripts/manifest.py: exit 1, one ERROR line naming file and line, nothing written."""
+    covid, kermany = tmp_path / "covid", tmp_path / "kermany"
+    covid.mkdir()
+    kermany.mkdir()
+    rows = "patientid,finding,view,modality,filename\n1,COVID-19,PA,X-ray,Ã.png\n"
+    (covid / "metadata.csv").write_bytes(rows.encode("latin-1"))  # "Ã" is 0xc3, then "."
+    out = {k: tmp_path / f"{k}.csv" for k in ("manifest", "excluded", "near_duplicates")}
+    args = ["--covid", str(covid), "--kermany", str(kermany)]
+    args += [a for k, path in out.items() for a in (f"--{k}", str(path))]
+    args += ["--covid_findings", "COVID-19", "--modality", "X-ray", "--views", "PA"]
+    args += ["--min_side", "128", "--max_pixels", "1000", "--near_duplicate_distance", "4"]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts/manifest.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"ERROR: {covid / 'metadata.csv'}: not UTF-8: line 2, byte 21 of the line (0xc3) is not "
+        f"valid UTF-8. Input CSV files must be UTF-8 (a byte-order mark is allowed). Convert "
+        f"it from its encoding, e.g. from latin-1: iconv -f latin1 -t utf-8 "
+        f"'{covid / 'metadata.csv'}' > '{covid / 'metadata.utf8.csv'}' (Windows-1252: -f "
+        f"cp1252), or re-save it from a spreadsheet as 'CSV UTF-8', and use the converted file."
+    ]
+    assert not any(path.exists() for path in out.values())
+
+
 @pytest.mark.slow
 def test_the_script_refuses_a_latin1_table_in_one_line(tmp_path):
     """The rule's script: exit 1, one ERROR line naming file and line, no traceback, no
