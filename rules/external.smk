@@ -147,6 +147,7 @@ rule evaluate_external:
     params:
         options=config_params(
             "external.images",
+            "external.dicom_voi",
             "evaluate.batch_size",
             *BOOTSTRAP,
             "evaluate.calibration_bins",
