@@ -3,10 +3,12 @@ radiograph, read back and scored.
 
 Each well-formed file stores the mirror image ``g`` (8-bit grey, resized to 160 x 128) in a way
 a hospital archive does (16 bits with a window, MONOCHROME1, 12 bits in 16 with junk in the
-unused high bits, a rescale with a window in rescaled units, a negative rescale slope, and
-JPEG-lossless, RLE, JPEG 2000 and JPEG-baseline copies); the expected 8-bit values are worked
+unused high bits, signed values, a VOI LUT beside a window, a rescale with a window in
+rescaled units, a negative rescale slope, and JPEG-lossless, RLE, JPEG 2000 and JPEG-baseline
+copies); the expected 8-bit values are worked
 out here from the DICOM formulas (PS3.3 C.11.2.1.2.1 window, C.11.1 rescale, C.7.6.3.1.2
-MONOCHROME1), not by calling the reader, and for every lossless file they equal ``g`` exactly,
+MONOCHROME1), not by calling the reader, and for every lossless file but the VOI LUT one
+(a square-root curve) they equal ``g`` exactly,
 so the file scores exactly as the PNG it came from (tolerance: the scores agree to 1e-6; the
 JPEG-baseline copy, lossy, to the JPEG's own Pillow decoding within 2 grey levels). Each
 malformed or refused file gets its reason. The model is a 32 px VGG19 with random weights (its
@@ -187,6 +189,21 @@ def files(grey, tmp_path_factory):
     ds = encapsulated(ds, jpeg_lossless_sv1(twelve, 12), JPEGLosslessSV1)
     out["jpeg_lossless"] = (save(ds, d / "jpeg_lossless.dcm"), full_range_8bit(twelve, 0, 4095))
 
+    # Signed 12-bit values (PixelRepresentation 1): the range is -2048..2047.
+    signed = (twelve.astype(np.int16) - 2048).astype(np.int16)
+    ds = dataset(signed, 12, PixelRepresentation=1)
+    out["signed"] = (save(ds, d / "signed.dcm"), grey)
+
+    # A VOI LUT (a square-root curve, 16-bit output) and a window: the LUT applies (pydicom's
+    # prefer_lut), 8 bits over its 0..65535 output range.
+    lut = np.floor(np.sqrt(np.arange(4096) / 4095) * 65535 + 0.5).astype(np.uint16)
+    ds = dataset(twelve, 12, WindowCenter=100, WindowWidth=10)
+    item = Dataset()
+    item.add_new("LUTDescriptor", "US", [4096, 0, 16])
+    item.add_new("LUTData", "OW", lut.tobytes())  # little endian, as the file
+    ds.VOILUTSequence = [item]
+    out["voi_lut"] = (save(ds, d / "voi_lut.dcm"), full_range_8bit(lut[twelve], 0, 65535))
+
     # Rescale (slope 0.5, intercept -1000) and a window in the rescaled units.
     s = (4 * g).astype(np.uint16)
     ds = dataset(s, 12, RescaleSlope=0.5, RescaleIntercept=-1000)
@@ -228,6 +245,8 @@ WELL_FORMED = [
     "jpeg_lossless",
     "rescale_window",
     "rescale_negative",
+    "signed",
+    "voi_lut",
     "jpeg_baseline",
     "rgb",
 ]
@@ -245,6 +264,9 @@ def test_each_file_decodes_to_the_hand_computed_pixels(files, grey, name):
         assert np.abs(got - expected).max() <= 2
         return
     np.testing.assert_array_equal(got, expected)
+    if name == "voi_lut":  # the curve brightens: the LUT, not the window, was applied
+        assert (got >= grey).all() and got.mean() > grey.mean() + 20
+        return
     # and the hand values are the source image itself: the transforms undo the storage
     np.testing.assert_array_equal(got, grey)
     assert loaded.bit_depth == {"mono2_window": 16, "jpeg2000": 16, "rgb": 8}.get(
@@ -284,7 +306,7 @@ def test_files_score_as_the_png_they_came_from(files):
     assert errors == [] and len(ok) == len(names)
     p = model.predict(images, verbose=0)[:, 1]
     for name, score in zip(names, p, strict=True):
-        if name != "jpeg_baseline":
+        if name not in ("jpeg_baseline", "voi_lut"):
             assert score == pytest.approx(p[0], abs=1e-6), name
     # the lossy copy after the resize to 32 px: within the 2 grey levels of its decoding
     jpeg = images[names.index("jpeg_baseline")].astype(int)
