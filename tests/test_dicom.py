@@ -3,16 +3,16 @@ radiograph, read back and scored.
 
 Each well-formed file stores the mirror image ``g`` (8-bit grey, resized to 160 x 128) in a way
 a hospital archive does (16 bits with a window, MONOCHROME1, 12 bits in 16 with junk in the
-unused high bits, signed values, a VOI LUT beside a window, a rescale with a window in
-rescaled units, a negative rescale slope, and JPEG-lossless, RLE, JPEG 2000 and JPEG-baseline
-copies); the expected 8-bit values are worked
-out here from the DICOM formulas (PS3.3 C.11.2.1.2.1 window, C.11.1 rescale, C.7.6.3.1.2
-MONOCHROME1), not by calling the reader, and for every lossless file but the VOI LUT one
-(a square-root curve) they equal ``g`` exactly,
-so the file scores exactly as the PNG it came from (tolerance: the scores agree to 1e-6; the
-JPEG-baseline copy, lossy, to the JPEG's own Pillow decoding within 2 grey levels). Each
-malformed or refused file gets its reason. The model is a 32 px VGG19 with random weights (its
-probabilities mean nothing; they must be equal for equal pixels).
+unused high bits, signed values, a Modality LUT, a VOI LUT beside a window, a rescale with a
+window in rescaled units, a negative rescale slope, and JPEG-lossless, RLE, JPEG 2000 and
+JPEG-baseline copies); the expected 8-bit values are worked out here from the DICOM formulas
+(PS3.3 C.11.2.1.2.1 window, C.11.1 modality, C.11.2 VOI LUT, C.7.6.3.1.2 MONOCHROME1), not by
+calling the reader, and for every lossless file but the VOI LUT one (a square-root curve)
+they equal ``g`` exactly, so the file scores exactly as the PNG it came from (tolerance: the
+scores agree to 1e-6; the JPEG-baseline copy, lossy, decodes within 2 grey levels of the
+JPEG's own Pillow decoding and scores within 1e-3). Each malformed or refused file gets its
+reason. The model is a 32 px VGG19 with random weights (its probabilities mean nothing; they
+must be equal for equal pixels).
 """
 
 from __future__ import annotations
@@ -204,6 +204,18 @@ def files(grey, tmp_path_factory):
     ds.VOILUTSequence = [item]
     out["voi_lut"] = (save(ds, d / "voi_lut.dcm"), full_range_8bit(lut[twelve], 0, 65535))
 
+    # A Modality LUT that stores the image reversed (v = 4095 - s, in 16-bit entries x 16):
+    # no VOI, so 8 bits over the LUT's own range 0..65520.
+    mlut = (16 * (4095 - np.arange(4096))).astype(np.uint16)
+    ds = dataset((4095 - twelve).astype(np.uint16), 12)
+    item = Dataset()
+    item.add_new("LUTDescriptor", "US", [4096, 0, 16])
+    item.add_new("LUTData", "OW", mlut.tobytes())
+    item.ModalityLUTType = "US"  # unspecified
+    ds.ModalityLUTSequence = [item]
+    expected = full_range_8bit(mlut[4095 - twelve], 0, 65520)
+    out["modality_lut"] = (save(ds, d / "modality_lut.dcm"), expected)
+
     # Rescale (slope 0.5, intercept -1000) and a window in the rescaled units.
     s = (4 * g).astype(np.uint16)
     ds = dataset(s, 12, RescaleSlope=0.5, RescaleIntercept=-1000)
@@ -246,6 +258,7 @@ WELL_FORMED = [
     "rescale_window",
     "rescale_negative",
     "signed",
+    "modality_lut",
     "voi_lut",
     "jpeg_baseline",
     "rgb",
