@@ -6,7 +6,8 @@ Modules follow the data flow, :data:`FLOW`, and each imports only from those bef
 (tests/test_imports.py checks every module and script):
 
 - base: io (atomic writers, the one ``.keras`` save) -> runtime (threads, devices, strategy)
-- data: sources (download / mirror, checksums) -> images (the one loader) -> manifest ->
+- data: sources (download / mirror, checksums) -> dicom (DICOM files for the loader) -> images
+  (the one loader) -> manifest ->
   protocols (which images make each class) -> split -> augment -> store (preprocessed arrays)
 - model: model (VGG19 + head, stage freezing)
 - training: features (the feature cache) -> batches (augmented batches, class weights) ->
@@ -36,6 +37,7 @@ FLOW = (
     "io",
     "runtime",
     "sources",
+    "dicom",
     "images",
     "manifest",
     "protocols",

@@ -4,8 +4,11 @@ pneumonia images.
 - :func:`read_labelled_table`: any folder of labelled images, described by a CSV like the
   manifest: columns ``path`` and ``label`` (``covid`` / ``non_covid``), optionally
   ``patient_id`` (without it each image counts as its own patient, which makes the AUC
-  interval too narrow if patients have several images). Relative paths are taken from
-  ``images`` (default: the CSV's folder).
+  interval too narrow if patients have several images), ``view``, ``age`` (years) and
+  ``sex``. Relative paths are taken from ``images`` (default: the CSV's folder). The images
+  may be DICOM files (any name): cells the CSV leaves empty or out are then filled from the
+  file's header, ``PatientID``, ``PatientAge`` (``045Y`` -> 45), ``PatientSex`` and
+  ``ViewPosition`` (:func:`fill_from_headers`), and nothing else of the header is read.
 - :func:`ieee8023_viral_table`: the ieee8023 X-rays that the manifest excluded as "other
   finding" whose finding names a non-COVID viral pneumonia (config
   ``external.ieee8023_viral_findings``: SARS, MERS, influenza, varicella...) in a frontal view.
@@ -45,6 +48,8 @@ from cxr.manifest import parse_age
 from cxr.metrics import evaluation_summary
 
 TABLE_COLUMNS = ("path", "label", "patient_id")
+#: Optional columns of a labelled table, kept from the CSV; DICOM headers fill blank cells.
+HEADER_COLUMNS = ("view", "age", "sex")
 ERROR_COLUMNS = ("path", "reason", "detail")
 
 
@@ -68,8 +73,10 @@ def read_labelled_table(csv_path, images=None) -> pd.DataFrame:
 
     Returns
     -------
-    DataFrame ``path`` (str, resolved), ``label`` (class name), ``patient_id`` (str; the path
-    when the CSV has none or leaves it empty).
+    DataFrame ``path`` (str, resolved), ``label`` (class name), ``patient_id`` (str; from a
+    DICOM file's header when the CSV has none or leaves it empty, else the path), ``view``,
+    ``age``, ``sex`` (str, :data:`HEADER_COLUMNS`; the CSV's, else a DICOM header's, else
+    empty).
 
     Raises
     ------
@@ -97,8 +104,36 @@ def read_labelled_table(csv_path, images=None) -> pd.DataFrame:
     root = images_root(csv_path, images)
     paths = [str(p if Path(p).is_absolute() else root / p) for p in frame["path"]]
     pid = frame["patient_id"] if "patient_id" in frame.columns else pd.Series([""] * len(frame))
-    pid = [q if q else p for q, p in zip(pid, paths, strict=True)]
-    return pd.DataFrame({"path": paths, "label": frame["label"], "patient_id": pid})
+    table = pd.DataFrame({"path": paths, "label": list(frame["label"]), "patient_id": list(pid)})
+    for col in HEADER_COLUMNS:
+        table[col] = list(frame[col]) if col in frame.columns else ""
+    table = fill_from_headers(table)
+    table["patient_id"] = [q if q else p for q, p in zip(table["patient_id"], paths, strict=True)]
+    return table
+
+
+def fill_from_headers(table: pd.DataFrame) -> pd.DataFrame:
+    """Fill the empty ``patient_id``, ``view``, ``age`` and ``sex`` cells of DICOM rows from
+    the files' headers (:func:`cxr.dicom.header_fields`: ``PatientID``, ``PatientAge`` in
+    years, ``PatientSex``, ``ViewPosition``), so that per-patient intervals and view checks
+    work on DICOM sets. A cell the CSV gives is kept; non-DICOM and unreadable files are left
+    as they are (the loader reports them when scored).
+
+    Returns
+    -------
+    A copy of ``table`` (its ``path`` column: the files).
+    """
+    from cxr.dicom import header_fields
+
+    table = table.copy()
+    columns = ["patient_id", *HEADER_COLUMNS]
+    for i, path in enumerate(table["path"]):
+        fields = header_fields(path)
+        for col in columns:
+            j = table.columns.get_loc(col)
+            if fields.get(col) and not str(table.iat[i, j]):
+                table.iat[i, j] = fields[col]
+    return table
 
 
 def ieee8023_viral_table(
@@ -164,6 +199,7 @@ def score_table(
     table: pd.DataFrame,
     batch_size: int = 16,
     *,
+    dicom_voi: bool = True,
     min_side: int = 1,
     max_pixels: int = 50_000_000,
 ):
@@ -177,6 +213,7 @@ def score_table(
     min_side, max_pixels : the manifest's inclusion rules (config ``manifest.min_side``,
         ``manifest.max_pixels``; the rules pass them, so these images are held to the
         training images' rules), applied by :func:`cxr.images.load_image`.
+    dicom_voi : apply DICOM files' VOI LUT or first window (config ``external.dicom_voi``).
 
     Returns
     -------
@@ -188,7 +225,11 @@ def score_table(
     from cxr.predict import load_for_model, model_size, predict_p_covid
 
     images, ok, errors = load_for_model(
-        list(table["path"]), model_size(model), min_side=min_side, max_pixels=max_pixels
+        list(table["path"]),
+        model_size(model),
+        min_side=min_side,
+        max_pixels=max_pixels,
+        dicom_voi=dicom_voi,
     )
     failed = {e[0] for e in errors}
     scored = table[~table["path"].astype(str).isin(failed)].reset_index(drop=True)

@@ -10,6 +10,11 @@ a silently wrong pixel: truncated files are errors (``ImageFile.LOAD_TRUNCATED_I
 ``False`` and every image is decoded fully), and the size limits are checked from the header
 before any pixel is decoded.
 
+DICOM files (recognised by content, the ``DICM`` magic at byte 128, whatever their name) are
+read by :mod:`cxr.dicom`: modality and VOI transforms, MONOCHROME1 inverted, 8 bits from
+``BitsStored``; refused with a reason of :data:`cxr.dicom.REASONS` when multi-frame, colour,
+without pixel data or decoder, or not a frontal chest image by the header.
+
 Content in another format than the extension says (the COVID-19 image collection has PNG files
 named ``.jpg``) is not an error: Pillow decodes by content. :func:`sniff_format` and
 :func:`format_mismatch` let a caller report such files.
@@ -61,6 +66,8 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cxr import dicom
+
 #: Every :attr:`ImageError.reason`. ``"format mismatch"`` is never raised here (such files
 #: load); it is the word for callers that record :func:`format_mismatch` findings.
 REASONS = (
@@ -74,6 +81,7 @@ REASONS = (
     "unsupported mode",  # a Pillow mode with no RGB conversion here
     "non-finite pixels",  # NaN or infinite values in a float image
     "format mismatch",  # content format differs from the extension (reporting only)
+    *dicom.REASONS,  # a DICOM file refused from its header (cxr.dicom)
 )
 
 
@@ -183,6 +191,8 @@ def sniff_format(path) -> str:
     ------
     ImageError if the file is missing, empty or not an identifiable image.
     """
+    if dicom.is_dicom(path):
+        return "DICOM"
     with _open(path) as im:
         return im.format
 
@@ -212,6 +222,8 @@ def format_mismatch(path, fmt: str | None = None) -> str | None:
     fmt = fmt or sniff_format(path)
     ext = os.path.splitext(os.fspath(path))[1].lower()
     expected = Image.registered_extensions().get(ext)
+    if fmt == "DICOM" and expected is None:  # .dcm, none, or an archive's numbered names
+        return None
     if expected is not None and _family(expected) == _family(fmt):
         return None
     return f"{fmt} content named {ext or '(no extension)'}"
@@ -231,22 +243,38 @@ def image_info(path) -> dict:
     Raises
     ------
     ImageError if the file is missing, empty, not an identifiable image, or a decompression
-    bomb by Pillow's own limit.
+    bomb by Pillow's own limit. A DICOM file gives ``mode`` = its photometric interpretation
+    and ``format`` = ``"DICOM"`` (:func:`cxr.dicom.info`).
     """
+    if dicom.is_dicom(path):
+        return _dicom(dicom.info, path)
     with _open(path) as im:
         return {"width": im.width, "height": im.height, "mode": im.mode, "format": im.format}
 
 
-def load_image(path, *, min_side: int = 1, max_pixels: int = 50_000_000) -> LoadedImage:
+def _dicom(read, path, **kwargs):
+    """``read(path, **kwargs)`` of :mod:`cxr.dicom`, its refusals as :class:`ImageError`."""
+    try:
+        return read(path, **kwargs)
+    except dicom.DicomError as err:
+        raise ImageError(path, err.reason, err.detail) from err
+
+
+def load_image(
+    path, *, min_side: int = 1, max_pixels: int = 50_000_000, dicom_voi: bool = True
+) -> LoadedImage:
     """Decode an image file to RGB pixels with the bit depth used, or fail loudly.
 
     Parameters
     ----------
-    path : path-like, the image file (any format Pillow decodes, whatever its extension).
+    path : path-like, the image file (any format Pillow decodes, or DICOM, whatever its
+        extension).
     min_side : smallest allowed shorter side, in pixels.
     max_pixels : largest allowed ``width * height``, checked from the header before decoding.
         Pillow's own ``Image.MAX_IMAGE_PIXELS`` also applies, so the effective limit is the
         smaller of the two.
+    dicom_voi : for DICOM files, apply the VOI LUT or first window (:func:`cxr.dicom.read`);
+        False skips it (config ``external.dicom_voi``, ``cxr-predict --dicom_voi``).
 
     Returns
     -------
@@ -258,14 +286,19 @@ def load_image(path, *, min_side: int = 1, max_pixels: int = 50_000_000) -> Load
     ------
     ImageError with ``reason`` one of ``"missing"``, ``"empty file"``, ``"unreadable"``,
     ``"truncated"``, ``"corrupt"``, ``"too small"``, ``"decompression bomb"``,
-    ``"unsupported mode"``, ``"non-finite pixels"``: only for what the file holds, and for
-    the decoders' :data:`DECODE_ERRORS`.
+    ``"unsupported mode"``, ``"non-finite pixels"``, or for DICOM one of
+    :data:`cxr.dicom.REASONS`: only for what the file holds, and for the decoders'
+    :data:`DECODE_ERRORS`.
     ValueError if ``min_side`` or ``max_pixels`` is below 1.
     MemoryError, KeyboardInterrupt and any other exception that is not a decoding error, as
     raised (never turned into an :class:`ImageError`).
     """
     if min_side < 1 or max_pixels < 1:
         raise ValueError(f"min_side and max_pixels must be >= 1, got {min_side}, {max_pixels}")
+    if dicom.is_dicom(path):
+        kwargs = dict(min_side=min_side, max_pixels=max_pixels, voi=dicom_voi)
+        loaded = _dicom(dicom.read, path, **kwargs)
+        return LoadedImage(loaded.rgb, loaded.bit_depth, loaded.warning)
     with _open(path) as im:
         width, height = im.size
         if width * height > max_pixels:
@@ -292,12 +325,14 @@ def load_image(path, *, min_side: int = 1, max_pixels: int = 50_000_000) -> Load
         return convert(oriented, path=path, significant_bits=sbit)
 
 
-def load_rgb(path, *, min_side: int = 1, max_pixels: int = 50_000_000) -> np.ndarray:
+def load_rgb(
+    path, *, min_side: int = 1, max_pixels: int = 50_000_000, dicom_voi: bool = True
+) -> np.ndarray:
     """Decode an image file to ``(H, W, 3) uint8`` RGB: :func:`load_image`'s ``rgb``.
 
     Same parameters and errors as :func:`load_image`.
     """
-    return load_image(path, min_side=min_side, max_pixels=max_pixels).rgb
+    return load_image(path, min_side=min_side, max_pixels=max_pixels, dicom_voi=dicom_voi).rgb
 
 
 def png_significant_bits(path) -> int | None:

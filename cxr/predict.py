@@ -7,14 +7,19 @@ with its reason (:class:`cxr.images.ImageError`) and the others are still scored
 
 Console script (``pyproject.toml``: ``cxr-predict = "cxr.predict:main"``)::
 
-    cxr-predict --model models/model_03.keras IMAGE_OR_FOLDER [...] [--gradcam]
+    cxr-predict --model models/model_03.keras IMAGE_OR_FOLDER [...] [--recursive] [--gradcam]
 
 prints one tab-separated line per scored image, ``path  p_covid  label`` (label ``covid``
 when ``p_covid > 0.5``, as everywhere in the pipeline), after a header line; each failure goes
-to stderr as ``ERROR <path>: <reason>: <detail>``. A folder contributes the files in it (not
-recursive) whose extension Pillow registers as an image, sorted by name, except earlier
-``*.gradcam.png`` overlays. ``--gradcam`` writes ``<name>.gradcam.png`` next to each scored
-image: the Grad-CAM heatmap of the predicted class (:func:`cxr.gradcam.gradcam`) at the
+to stderr as ``ERROR <path>: <reason>: <detail>``. A folder contributes the files in it
+(``--recursive``: and in its subfolders) whose extension Pillow registers as an image or whose
+content is DICOM (:func:`cxr.dicom.is_dicom`, any name, as archives lay them out; not the
+``DICOMDIR`` index), sorted by path, except earlier ``*.gradcam.png`` overlays. DICOM files
+are read by :mod:`cxr.dicom` (``--dicom_voi false`` skips their VOI LUT or window); the ones
+it refuses (multi-frame, colour, lateral, ...) get an ``ERROR`` line with the reason.
+``--gradcam`` writes ``<name>.gradcam.png`` next to each scored
+image (``<file name>.gradcam.png`` when the extension is not an image's, e.g. DICOM files
+named by UID): the Grad-CAM heatmap of the predicted class (:func:`cxr.gradcam.gradcam`) at the
 image's own resolution, over the image. Exit status: 0 when every file was scored, 1 when any
 failed, 2 on a usage error (no such model, no files).
 """
@@ -32,33 +37,46 @@ from cxr import CLASSES
 OVERLAY_SUFFIX = ".gradcam.png"
 
 
-def image_files(paths) -> list[Path]:
-    """Expand folders to the image files in them (sorted); keep explicit files as given.
+def image_files(paths, recursive: bool = False) -> list[Path]:
+    """Expand folders to the image files in them (sorted by path); keep explicit files as given.
 
     Explicit files are kept whatever their extension (a bad one is reported when loaded);
-    in a folder only files with an image extension Pillow registers are taken, and never
-    ``*.gradcam.png`` overlays written by an earlier run.
+    in a folder (with ``recursive``, its subfolders too) only files with an image extension
+    Pillow registers or with DICOM content (:func:`cxr.dicom.is_dicom`, whatever the name)
+    are taken, and never the ``DICOMDIR`` index nor ``*.gradcam.png`` overlays written by an
+    earlier run.
     """
     from PIL import Image
 
+    from cxr.dicom import DICOMDIR, is_dicom
+
     extensions = set(Image.registered_extensions())
+
+    def wanted(f: Path) -> bool:
+        if not f.is_file() or f.name.endswith(OVERLAY_SUFFIX) or f.name == DICOMDIR:
+            return False
+        return f.suffix.lower() in extensions or is_dicom(f)
+
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(
-                f
-                for f in p.iterdir()
-                if f.is_file()
-                and f.suffix.lower() in extensions
-                and not f.name.endswith(OVERLAY_SUFFIX)
-            )
+            out += sorted(filter(wanted, p.rglob("*") if recursive else p.iterdir()))
         else:
             out.append(p)
     return out
 
 
-def load_for_model(paths, size: int, *, min_side: int = 1, max_pixels: int = 50_000_000):
+def load_for_model(
+    paths,
+    size: int,
+    *,
+    min_side: int = 1,
+    max_pixels: int = 50_000_000,
+    dicom_voi: bool = True,
+):
     """Load and resize image files for the model, collecting failures instead of raising.
+
+    ``dicom_voi``: apply DICOM files' VOI LUT or first window (:func:`cxr.images.load_image`).
 
     Returns
     -------
@@ -73,7 +91,7 @@ def load_for_model(paths, size: int, *, min_side: int = 1, max_pixels: int = 50_
     images, ok, errors = [], [], []
     for path in paths:
         try:
-            rgb = load_rgb(path, min_side=min_side, max_pixels=max_pixels)
+            rgb = load_rgb(path, min_side=min_side, max_pixels=max_pixels, dicom_voi=dicom_voi)
         except ImageError as err:
             errors.append((str(path), err.reason, err.detail))
             continue
@@ -99,18 +117,31 @@ def model_size(model) -> int:
     return int(shape[0])
 
 
-def write_overlay(path, heat: np.ndarray) -> Path:
-    """Write ``<path>.gradcam.png`` (``x.jpg`` -> ``x.gradcam.png``): heat over the image."""
+def overlay_path(path) -> Path:
+    """``x.jpg`` -> ``x.gradcam.png``, ``x.dcm`` -> ``x.gradcam.png``; a name whose extension
+    is no image's keeps it whole (``1.2.840.5`` -> ``1.2.840.5.gradcam.png``), so DICOM files
+    named by UID do not share an overlay."""
+    from PIL import Image
+
+    from cxr.dicom import SUFFIXES
+
+    path = Path(path)
+    known = path.suffix.lower() in (*Image.registered_extensions(), *SUFFIXES)
+    return path.with_name((path.stem if known else path.name) + OVERLAY_SUFFIX)
+
+
+def write_overlay(path, heat: np.ndarray, dicom_voi: bool = True) -> Path:
+    """Write :func:`overlay_path` of ``path``: heat over the image, as loaded for the model."""
     from PIL import Image
 
     from cxr.audit_figures import overlay_heatmap
     from cxr.images import load_rgb
     from cxr.io import atomic_path
 
-    path = Path(path)
-    out = path.with_name(path.stem + OVERLAY_SUFFIX)
+    out = overlay_path(path)
     with atomic_path(out) as tmp:
-        Image.fromarray(overlay_heatmap(load_rgb(path), heat)).save(tmp, format="PNG")
+        rgb = load_rgb(path, dicom_voi=dicom_voi)
+        Image.fromarray(overlay_heatmap(rgb, heat)).save(tmp, format="PNG")
     return out
 
 
@@ -121,7 +152,14 @@ def main(argv=None) -> int:
         description="p(COVID) per chest X-ray image with a trained cxr model. Research and "
         "teaching only: NOT a diagnostic tool.",
     )
-    p.add_argument("paths", nargs="+", help="image files and/or folders of images")
+    p.add_argument("paths", nargs="+", help="image files (PNG, JPEG, DICOM, ...) and/or folders")
+    p.add_argument("--recursive", action="store_true", help="also the folders' subfolders")
+    p.add_argument(
+        "--dicom_voi",
+        choices=["true", "false"],
+        default="true",
+        help="apply DICOM files' VOI LUT or first window (default true)",
+    )
     p.add_argument("--model", required=True, help="trained model (.keras), e.g. model_03")
     p.add_argument("--gradcam", action="store_true", help="write <name>.gradcam.png beside each")
     p.add_argument("--batch_size", type=int, default=16)
@@ -129,7 +167,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if not Path(a.model).is_file():
         p.error(f"no model file at {a.model}")
-    files = image_files(a.paths)
+    files = image_files(a.paths, recursive=a.recursive)
+    voi = a.dicom_voi == "true"
     if not files:
         p.error("no image files found in " + ", ".join(a.paths))
     print("cxr-predict: research and teaching only, not a diagnostic tool", file=sys.stderr)
@@ -141,7 +180,7 @@ def main(argv=None) -> int:
     from cxr.model import load_model
 
     model = load_model(a.model)
-    images, ok, errors = load_for_model(files, model_size(model))
+    images, ok, errors = load_for_model(files, model_size(model), dicom_voi=voi)
     heat = None
     if a.gradcam and len(images):
         from cxr.gradcam import gradcam
@@ -155,7 +194,7 @@ def main(argv=None) -> int:
         print(f"{path}\t{p_c:.4f}\t{CLASSES[int(p_c > 0.5)]}", flush=True)
         if heat is not None:
             try:
-                out = write_overlay(path, heat[i])
+                out = write_overlay(path, heat[i], dicom_voi=voi)
                 print(f"  Grad-CAM overlay: {out}", file=sys.stderr)
             except OSError as exc:
                 errors.append((path, "overlay not written", str(exc)))

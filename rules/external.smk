@@ -153,6 +153,7 @@ rule evaluate_external:
             "external.images",
             "manifest.min_side",
             "manifest.max_pixels",
+            "external.dicom_voi",
             "evaluate.batch_size",
             *BOOTSTRAP,
             "evaluate.calibration_bins",

@@ -10,7 +10,9 @@ Entry point shared by Snakemake and DVC; options named like the config keys (sec
   ieee8023 whose finding names one of --ieee8023_adult_findings, of patients aged
   --ieee8023_adult_min_age years or more.
 - ``table``: any labelled folder, --metadata CSV ``path,label[,patient_id]`` (paths relative to
-  --images, default the CSV's folder); figure: ROC and precision-recall curves.
+  --images, default the CSV's folder); figure: ROC and precision-recall curves. The images
+  may be DICOM files (cxr.dicom): --dicom_voi false skips their VOI LUT or window, and their
+  headers fill the CSV's empty patient_id, view, age and sex cells.
 
 Every image is held to the training images' inclusion rules (--min_side, --max_pixels: the
 manifest's, through the one loader); files that fail them or do not load are listed in
@@ -25,6 +27,8 @@ the first failed path); nothing is written then. Writes only --metrics (JSON), -
 import argparse
 import sys
 from pathlib import Path
+
+from cxr.cli import boolean
 
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("mode", choices=["ieee8023", "ieee8023_adult", "table"])
@@ -44,6 +48,9 @@ p.add_argument("--metadata", help="table: CSV path,label[,patient_id]")
 p.add_argument("--images", default=None, help="table: folder of relative paths")
 p.add_argument("--min_side", type=int, required=True, help="px; the manifest's inclusion rule")
 p.add_argument("--max_pixels", type=int, required=True, help="the manifest's inclusion rule")
+p.add_argument(
+    "--dicom_voi", type=boolean, default=True, help="table: DICOM VOI LUT or window (true)"
+)
 p.add_argument("--batch_size", type=int, required=True)
 p.add_argument("--bootstrap_resamples", type=int, required=True)
 p.add_argument("--bootstrap_seed", type=int, required=True)
@@ -142,7 +149,7 @@ if a.mode in ("ieee8023", "ieee8023_adult"):
 else:
     try:
         table = read_labelled_table(a.metadata, a.images)
-        scored, errors = score_table(model, table, a.batch_size, **inclusion)
+        scored, errors = score_table(model, table, a.batch_size, dicom_voi=a.dicom_voi, **inclusion)
         require_loaded(scored, errors, a.metadata, a.images)
     except (TableError, InputEncodingError) as err:
         sys.exit(f"ERROR: {err}")

@@ -82,8 +82,14 @@ def test_a_utf8_table_with_a_byte_order_mark_reads(tmp_path):
     csv = tmp_path / "bom.csv"
     csv.write_bytes(b"\xef\xbb\xbf" + "path,label,patient_id\nJosé.png,covid,p1\n".encode())
     table = read_labelled_table(csv)
+    # view, age and sex: empty, since neither the CSV nor a DICOM header gives them
     assert table.to_dict("records") == [
-        {"path": str(tmp_path / "José.png"), "label": "covid", "patient_id": "p1"}
+        {
+            "path": str(tmp_path / "José.png"),
+            "label": "covid",
+            "patient_id": "p1",
+            **dict.fromkeys(("view", "age", "sex"), ""),
+        }
     ]
     raw = read_input_csv(csv, dtype=str)
     assert list(raw.columns) == ["path", "label", "patient_id"]  # no "\ufeffpath"
