@@ -8,9 +8,8 @@ label. Every evaluation outside the split (rules ``evaluate_external``,
 through :func:`find_overlaps` before scoring.
 
 Each scored image is compared with every image of the run (:func:`reference_table`): its
-train, validation and test splits, the augmented training images (their own pixels; their
-parents are training images), and the protocol's selected images left out of the split (a
-capped class), by
+train, validation and test splits and the augmented training images (their own pixels; their
+parents are training images), by
 
 - ``file sha256``: the same file bytes;
 - ``pixel sha256``: the same decoded pixels (another encoding of one picture);
@@ -19,7 +18,8 @@ capped class), by
   (:func:`cxr.manifest.content_hashes`, :func:`cxr.manifest.phash_distances`);
 - ``patient id``: the same patient id, where both ids carry the same namespace (the part
   before ``:``, e.g. ``ieee8023:173``; an external id without one is compared with nothing).
-  So a within-source control of a patient who has COVID images in the run is left out.
+  So a within-source control of a patient who has COVID images in the run (the COVID class
+  of its splits) is left out.
 
 A pair matching by content is listed once, under its strongest kind (file, then pixels, then
 phash); a patient match is listed as well. A match whose two labels differ is a *label
@@ -53,14 +53,10 @@ OVERLAP_COLUMNS = (
     "label_conflict",
 )
 REFERENCE_COLUMNS = ("path", "label", "patient_id", "sha256", "pixel_sha256", "phash", "split")
-#: The split name of the protocol's selected images that no split holds.
-UNSPLIT = "selected, not in a split"
 
 
 def reference_table(
-    splits: dict[str, pd.DataFrame],
-    augmented: pd.DataFrame | None = None,
-    selected: pd.DataFrame | None = None,
+    splits: dict[str, pd.DataFrame], augmented: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """Every image of a run, with its content keys and where it is.
 
@@ -70,8 +66,6 @@ def reference_table(
         rows, with ``path, label, patient_id, sha256, pixel_sha256, phash``).
     augmented : ``data/augmented/augmented.csv`` (its own hashes; split ``train
         (augmented)``); None: none.
-    selected : the protocol's ``selected.csv``; its rows in no split get split
-        :data:`UNSPLIT`. None: none.
 
     Returns
     -------
@@ -80,9 +74,6 @@ def reference_table(
     parts = [frame.assign(split=name) for name, frame in splits.items()]
     if augmented is not None and len(augmented):
         parts.append(augmented.assign(split="train (augmented)"))
-    if selected is not None and len(selected):
-        in_split = set().union(*(set(f["path"].astype(str)) for f in splits.values()))
-        parts.append(selected[~selected["path"].astype(str).isin(in_split)].assign(split=UNSPLIT))
     ref = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     ref = ref.reindex(columns=list(REFERENCE_COLUMNS))
     return ref.astype({c: str for c in ("path", "label", "patient_id", "split")})

@@ -42,7 +42,6 @@ rule evaluate_ieee8023_viral:
         test_predictions="{run}reports/predictions/model_03_test.csv",
         splits=expand("{run}data/splits/{split}.csv", split=SPLITS, allow_missing=True),
         augmented="{run}data/augmented/augmented.csv",
-        selected=selection("selected"),
     output:
         metrics="{run}reports/external/ieee8023_viral.json",
         predictions="{run}reports/external/ieee8023_viral_predictions.csv",
@@ -81,7 +80,7 @@ rule evaluate_ieee8023_viral:
         " --metrics {output.metrics:q} --predictions {output.predictions:q}"
         " --errors {output.errors:q} --figure {output.figure:q}"
         " --overlaps {output.overlaps:q} --splits {input.splits:q}"
-        " --augmented {input.augmented:q} --selected {input.selected:q}"
+        " --augmented {input.augmented:q}"
         " --threads {threads} {params.options} > {log:q} 2>&1"
 
 
@@ -96,7 +95,6 @@ rule evaluate_ieee8023_adult:
         test_predictions="{run}reports/predictions/model_03_test.csv",
         splits=expand("{run}data/splits/{split}.csv", split=SPLITS, allow_missing=True),
         augmented="{run}data/augmented/augmented.csv",
-        selected=selection("selected"),
     output:
         metrics="{run}reports/external/ieee8023_adult.json",
         predictions="{run}reports/external/ieee8023_adult_predictions.csv",
@@ -136,7 +134,7 @@ rule evaluate_ieee8023_adult:
         " --metrics {output.metrics:q} --predictions {output.predictions:q}"
         " --errors {output.errors:q} --figure {output.figure:q}"
         " --overlaps {output.overlaps:q} --splits {input.splits:q}"
-        " --augmented {input.augmented:q} --selected {input.selected:q}"
+        " --augmented {input.augmented:q}"
         " --threads {threads} {params.options} > {log:q} 2>&1"
 
 
@@ -147,7 +145,6 @@ rule evaluate_external:
         metadata=EXTERNAL["metadata"] or [],
         splits=expand("{run}data/splits/{split}.csv", split=SPLITS, allow_missing=True),
         augmented="{run}data/augmented/augmented.csv",
-        selected=selection("selected"),
     output:
         metrics="{run}reports/external/external.json",
         predictions="{run}reports/external/external_predictions.csv",
@@ -184,5 +181,5 @@ rule evaluate_external:
         " --metrics {output.metrics:q} --predictions {output.predictions:q}"
         " --errors {output.errors:q} --figure {output.figure:q}"
         " --overlaps {output.overlaps:q} --splits {input.splits:q}"
-        " --augmented {input.augmented:q} --selected {input.selected:q}"
+        " --augmented {input.augmented:q}"
         " --threads {threads} {params.options} > {log:q} 2>&1"

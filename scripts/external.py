@@ -13,7 +13,7 @@ Entry point shared by Snakemake and DVC; options named like the config keys (sec
   --images, default the CSV's folder); figure: ROC and precision-recall curves.
 
 Every mode first runs the overlap guard (:mod:`cxr.overlap`): each image against the run's
---splits, --augmented images and --selected images, by file sha256, pixel sha256, perceptual
+--splits and --augmented images, by file sha256, pixel sha256, perceptual
 hash within --near_duplicate_distance bits and patient id; matches are listed in --overlaps
 and left out of the metrics (--keep_overlaps true: scored as a separate group). The metrics
 are computed from the --predictions table as written (full precision), read back.
@@ -41,7 +41,6 @@ p.add_argument("--figure", required=True, help="output PNG")
 p.add_argument("--overlaps", required=True, help="output CSV of images the run has seen")
 p.add_argument("--splits", nargs=3, required=True, help="the run's train, val, test CSVs")
 p.add_argument("--augmented", required=True, help="the run's augmented.csv")
-p.add_argument("--selected", required=True, help="the protocol's selected.csv")
 p.add_argument("--near_duplicate_distance", type=int, required=True, help="phash bits")
 p.add_argument("--keep_overlaps", type=boolean, required=True, help="score them apart")
 p.add_argument("--excluded", help="ieee8023: data/interim/excluded.csv")
@@ -121,7 +120,6 @@ bootstrap = dict(
 reference = reference_table(
     {name: read(path) for name, path in zip(SPLITS, a.splits, strict=True)},
     read(a.augmented),
-    read(a.selected),
 )
 model = load_model(a.model)
 

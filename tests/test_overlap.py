@@ -1,12 +1,12 @@
 """The overlap guard (cxr.overlap) on a hand-made run and hand-made sets outside the split.
 
 The run: five training / validation / test images (smooth random greys, so their perceptual
-hashes differ by 20 bits or more), one augmented image and one selected image left out of the
-split. The external set holds (a) a byte copy of a training image, (b) the same pixels
-re-encoded as BMP, (c) a training image cropped by 4 px a side and rescaled, under the other
-label, (d) a new image of a training patient, and six clean images whose scores are known
-(FakeModel: p_covid = mean red / 255). Each of (a)-(d) must be left out and listed with its
-kind; the metrics must be those of the six clean images, counted here by hand.
+hashes differ by 20 bits or more) and one augmented image. The external set holds (a) a byte
+copy of a training image, (b) the same pixels re-encoded as BMP, (c) a training image cropped
+by 4 px a side and rescaled, under the other label, (d) a new image of a training patient, and
+six clean images whose scores are known (FakeModel: p_covid = mean red / 255). Each of (a)-(d)
+must be left out and listed with its kind; the metrics must be those of the six clean images,
+counted here by hand.
 """
 
 import numpy as np
@@ -21,7 +21,6 @@ from cxr.metrics import read_predictions, write_predictions
 from cxr.overlap import (
     KINDS,
     OVERLAP_COLUMNS,
-    UNSPLIT,
     find_overlaps,
     image_keys,
     namespace,
@@ -54,7 +53,7 @@ def row(path, label, patient_id):
 
 @pytest.fixture()
 def run(tmp_path):
-    """A run's split tables, augmented table and selected table, from real files."""
+    """A run's split tables and augmented table, from real files."""
     d = tmp_path / "run"
     d.mkdir()
     spec = {
@@ -63,7 +62,6 @@ def run(tmp_path):
         "C": (3, 190, "covid", "ieee8023:2", "train"),
         "D": (4, 70, "non_covid", "kermany-train:person2", "val"),
         "E": (5, 210, "covid", "ieee8023:3", "test"),
-        "U": (6, 205, "covid", "ieee8023:7", "unsplit"),
     }
     rows = {}
     for name, (seed, base, label, pid, split) in spec.items():
@@ -73,11 +71,10 @@ def run(tmp_path):
     augmented = pd.DataFrame([{**row(aug, "covid", "ieee8023:1"), "parent": rows["A"]["path"]}])
     frame = pd.DataFrame(rows.values())
     splits = {s: frame[frame["split"] == s].drop(columns="split") for s in ("train", "val", "test")}
-    selected = frame.drop(columns="split")
     return {
         "dir": d,
         "rows": rows,
-        "reference": reference_table(splits, augmented, selected),
+        "reference": reference_table(splits, augmented),
     }
 
 
@@ -88,9 +85,8 @@ def test_reference_table_holds_every_image_of_the_run_once(run):
         "val": 1,
         "test": 1,
         "train (augmented)": 1,
-        UNSPLIT: 1,
     }
-    assert ref.loc[ref["split"] == UNSPLIT, "patient_id"].tolist() == ["ieee8023:7"]
+    assert ref.loc[ref["split"] == "train (augmented)", "patient_id"].tolist() == ["ieee8023:1"]
 
 
 def test_namespace():
@@ -209,14 +205,14 @@ def test_keep_overlaps_scores_them_as_a_separate_group(run, tmp_path):
 
 def test_within_source_controls_of_a_covid_patient_are_left_out(run, tmp_path):
     """A within-source set (all non_covid, ieee8023 ids) with an image of a patient whose COVID
-    images are in the run (A's patient, and U's, selected but capped out of the split): both
-    left out as label conflicts; the ieee8023 summary counts only the other two."""
+    images are in the run (A's patient, in train and augmented, and E's, in test): both left
+    out as label conflicts; the ieee8023 summary counts only the other two."""
     d = tmp_path / "within"
     d.mkdir()
     table = pd.DataFrame(
         [
             {"path": save(grey(50, 60), d / "w1.png"), "patient_id": "ieee8023:1"},
-            {"path": save(grey(51, 60), d / "w2.png"), "patient_id": "ieee8023:7"},
+            {"path": save(grey(51, 60), d / "w2.png"), "patient_id": "ieee8023:3"},
             {"path": save(grey(52, 220), d / "w3.png"), "patient_id": "ieee8023:90"},
             {"path": save(grey(53, 40), d / "w4.png"), "patient_id": "ieee8023:91"},
         ]
@@ -227,7 +223,7 @@ def test_within_source_controls_of_a_covid_patient_are_left_out(run, tmp_path):
     assert overlaps[["patient_id", "split", "kind", "label_conflict"]].values.tolist() == [
         ["ieee8023:1", "train", "patient id", True],
         ["ieee8023:1", "train (augmented)", "patient id", True],
-        ["ieee8023:7", UNSPLIT, "patient id", True],
+        ["ieee8023:3", "test", "patient id", True],
     ]
     assert sorted(scored["patient_id"]) == ["ieee8023:90", "ieee8023:91"]
     test = pd.DataFrame(
