@@ -240,6 +240,12 @@ def test_script_fails_when_no_listed_file_loads(tmp_path):
     args += ["--errors", str(out["errors"]), "--figure", str(out["png"]), "--batch_size", "2"]
     args += ["--bootstrap_resamples", "10", "--bootstrap_seed", "0", "--confidence", "0.95"]
     args += ["--calibration_bins", "5", "--dpi", "50"]
+    split = tmp_path / "split.csv"  # an empty run: the overlap guard compares with nothing
+    split.write_text("path,label,patient_id,sha256,pixel_sha256,phash\n")
+    out["overlaps"] = tmp_path / "out.overlaps"
+    args += ["--overlaps", str(out["overlaps"]), "--splits", *[str(split)] * 3]
+    args += ["--augmented", str(split), "--near_duplicate_distance", "4"]
+    args += ["--keep_overlaps", "false"]
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts/external.py"), *args],
         capture_output=True,
