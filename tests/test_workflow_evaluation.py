@@ -194,7 +194,7 @@ def test_within_source_check_shares_no_patient_or_image_with_the_run(smoke_run):
         + [pd.read_csv(smoke_run / "data/augmented/augmented.csv", dtype={"patient_id": str})]
     )
     assert not set(preds["patient_id"]) & set(run["patient_id"])
-    assert not {file_hash(p) for p in preds["path"]} & set(run["sha256"])
+    assert not {file_hash(smoke_run / p) for p in preds["path"]} & set(run["sha256"])
     by_patient = overlaps[overlaps["kind"] == "patient id"]
     assert (by_patient["patient_id"] == by_patient["matched_patient_id"]).all()
     assert by_patient["matched_patient_id"].isin(set(run["patient_id"])).all()
