@@ -12,11 +12,12 @@ Modules follow the data flow, :data:`FLOW`, and each imports only from those bef
 - model: model (VGG19 + head, stage freezing)
 - training: features (the feature cache) -> batches (augmented batches, class weights) ->
   resume (history, backup, resumable callbacks) -> train (settings, the stage loop)
-- evaluation: intervals (Wilson, patient bootstrap) -> metrics (counts, curves, calibration)
-  -> figures (training, evaluation) -> audit_figures (Grad-CAM overlays, audit, outside the
-  split) -> gradcam -> predict (the ``cxr-predict`` console script) -> audit (shortcut audit)
-  -> external (other image sets) -> summary (seeds) -> model_card -> comparison (protocols
-  compared). Evaluation imports no
+- evaluation: intervals (clustered Wilson, Newcombe AUC, patient bootstrap) -> metrics
+  (counts, curves, calibration) -> figures (training, evaluation) -> audit_figures (Grad-CAM
+  overlays, audit, outside the split) -> gradcam -> predict (the ``cxr-predict`` console
+  script) -> audit (shortcut audit) -> overlap (the guard: scored images against the run's
+  images) -> external (other image sets) -> summary (seeds) -> model_card -> comparison
+  (protocols compared). Evaluation imports no
   training module (:data:`TRAINING`): a trained model is read from its file, so editing
   training code does not touch evaluation.
 - cli (argument types of scripts/): imported by the scripts only, no module imports it.
@@ -56,6 +57,7 @@ FLOW = (
     "gradcam",
     "predict",
     "audit",
+    "overlap",
     "external",
     "summary",
     "model_card",

@@ -4,8 +4,8 @@ Every non-COVID image of this data is a child aged 1-5 from one hospital (Kerman
 2018), every COVID image an adult from many hospitals and papers (ieee8023); the files also
 differ in size, mode and handling (72 % of the viral files are exactly 224 x 224 RGB, no COVID
 file is). A model can score well by telling those apart. This module measures it, on the same
-patient-level split the model uses, as test ROC AUC with a patient-clustered bootstrap
-interval (:func:`cxr.intervals.clustered_bootstrap_auc`):
+patient-level split the model uses, as test ROC AUC with Newcombe's interval on patient
+counts (:func:`cxr.intervals.auc_interval`):
 
 (a) blind baselines, each a logistic regression (standardised features, balanced class
     weights, L2, C = 1) trained on the training split:
@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from cxr import LABEL_INDEX
-from cxr.intervals import clustered_bootstrap_auc
+from cxr.intervals import auc_interval
 from cxr.metrics import format_interval
 
 SIZE_MODE_COLUMNS = ("width", "height", "mode")
@@ -146,7 +146,7 @@ def blind_baselines(
     Returns
     -------
     dict ``{thumbnail: {...}, size_mode: {...}}``, each with ``description``, ``n_train``,
-    ``n_test``, ``roc_auc`` (:func:`cxr.intervals.clustered_bootstrap_auc`) and ``p_covid``
+    ``n_test``, ``roc_auc`` (:func:`cxr.intervals.auc_interval`) and ``p_covid``
     (test predictions, store / table order).
     """
     out = {}
@@ -160,7 +160,7 @@ def blind_baselines(
         ),
         "n_train": len(x_tr),
         "n_test": len(x_te),
-        "roc_auc": clustered_bootstrap_auc(
+        "roc_auc": auc_interval(
             test_store["labels"], p, test_store["patient_ids"], n_resamples, seed, confidence
         ),
         "p_covid": [float(v) for v in p],
@@ -179,7 +179,7 @@ def blind_baselines(
         ),
         "n_train": len(train_table),
         "n_test": len(test_table),
-        "roc_auc": clustered_bootstrap_auc(
+        "roc_auc": auc_interval(
             _labels(test_table),
             p,
             test_table["patient_id"].astype(str),
@@ -203,9 +203,7 @@ def masked_result(
         ),
         "lung_box": [float(v) for v in box],
         "n_test": len(p_masked),
-        "roc_auc": clustered_bootstrap_auc(
-            y_true, p_masked, patient_ids, n_resamples, seed, confidence
-        ),
+        "roc_auc": auc_interval(y_true, p_masked, patient_ids, n_resamples, seed, confidence),
         "p_covid": [float(v) for v in p_masked],
     }
 

@@ -161,7 +161,7 @@ def audit_figure(audit: dict) -> Figure:
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(-0.7, len(entries) - 0.3)
     ax.set_xlabel(
-        f"Test ROC AUC ({audit.get('confidence', 0.95):.0%} patient bootstrap interval); "
+        f"Test ROC AUC ({audit.get('confidence', 0.95):.0%} interval on patient counts); "
         f"dotted: warning level {audit['warn_auc']}"
     )
     ax.grid(axis="x", alpha=0.3)

@@ -5,8 +5,10 @@ Every cell is read from the run's own files, never recomputed: the split tables 
 class), ``reports/metrics/model_03_test.json`` (sensitivity, specificity, ROC AUC),
 ``reports/audit/baselines.json`` (blind baselines), ``reports/audit/masked.json`` (lungs
 masked), ``reports/external/ieee8023_adult.json`` (within-source check) and, when configured,
-``reports/external/external.json``. Intervals are those the files hold (Wilson for proportions,
-patient-clustered bootstrap for AUCs). Pure pandas / matplotlib; writes nothing itself.
+``reports/external/external.json``. Intervals are those the files hold (Wilson on the patient
+design effect's effective sample size for proportions, Newcombe's interval on patient counts for
+AUCs). The overlap guard's counts (:mod:`cxr.overlap`: images of the check that the run has
+seen, left out) are read from the same files. Pure pandas / matplotlib; writes nothing itself.
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ def comparison_row(
     many of them have an unknown age (``selected_covid, selected_covid_unknown_age``, same for
     ``non_covid``); images per class in train and test (``train_covid, train_non_covid,
     test_covid, test_non_covid``, from the split tables: before augmentation), ``within_n``
-    (images scored), and for each
+    (images scored), ``within_overlaps`` and, with ``external``, ``external_overlaps`` (images
+    the overlap guard left out; None for a file without a guard entry), and for each
     of :data:`MEASURES` ``<measure>`` (estimate), ``<measure>_lower``, ``<measure>_upper``
     (None when undefined or, for external, not configured)."""
     files = {
@@ -110,6 +113,9 @@ def comparison_row(
     row.update({f"train_{k}": v for k, v in _class_counts(train).items()})
     row.update({f"test_{k}": v for k, v in _class_counts(test).items()})
     row["within_n"] = within.get("n", 0)
+    row["within_overlaps"] = (within.get("overlap") or {}).get("n_overlapping")
+    if external is not None:
+        row["external_overlaps"] = (external.get("overlap") or {}).get("n_overlapping")
     for name, (key, read) in MEASURES.items():
         entry = read(files[key]) if files[key] is not None else None
         entry = entry or {}
@@ -138,6 +144,10 @@ def _present(value) -> bool:
     return value is not None and not pd.isna(value)
 
 
+def _count(value) -> str:
+    return str(int(value)) if _present(value) else "n/a"
+
+
 def comparison_markdown(table: pd.DataFrame, descriptions: dict[str, str], level: str) -> str:
     """The comparison as Markdown: a counts table, a results table (estimates with their
     ``level`` intervals), and one sentence per protocol (:data:`NOTES`, else its
@@ -149,8 +159,9 @@ def comparison_markdown(table: pd.DataFrame, descriptions: dict[str, str], level
 
     counts = [
         "| run | selected covid (unknown age) | selected non_covid (unknown age) |"
-        " train covid | train non_covid | test covid | test non_covid | within-source images |",
-        "|---|---|---|---|---|---|---|---|",
+        " train covid | train non_covid | test covid | test non_covid | within-source images |"
+        " within-source images left out (overlap) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     results = [
         "| run | " + " | ".join(HEADINGS[m] for m in names) + " |",
@@ -167,6 +178,7 @@ def comparison_markdown(table: pd.DataFrame, descriptions: dict[str, str], level
             f"| {run_name(row)} | {selected[0]} | {selected[1]} |"
             f" {row['train_covid']} | {row['train_non_covid']} |"
             f" {row['test_covid']} | {row['test_non_covid']} | {row['within_n']} |"
+            f" {_count(row.get('within_overlaps'))} |"
         )
         results.append(
             f"| {run_name(row)} | " + " | ".join(_interval(row, m) for m in names) + " |"
@@ -185,13 +197,15 @@ def comparison_markdown(table: pd.DataFrame, descriptions: dict[str, str], level
             "Images per class that the protocol selected (in brackets: of unknown age, kept"
             " or, where the protocol excludes them, not counted here but in its"
             " selection_excluded.csv), in each run's training split (before augmentation)"
-            " and test split, and the ieee8023 non-COVID adults scored by the within-source"
-            " check:",
+            " and test split, the ieee8023 non-COVID adults scored by the within-source"
+            " check, and those its overlap guard left out (same file, pixels, perceptual hash"
+            " or patient as an image of the run):",
             "",
             *counts,
             "",
             f"model_03 on each run's test split and the checks, estimates with {level}"
-            " intervals (proportions: Wilson; AUCs: patient-clustered bootstrap). Blind"
+            " intervals (proportions: Wilson on the patient design effect's effective sample"
+            " size; AUCs: Newcombe's score interval on patient counts). Blind"
             " baselines and lungs-masked AUC near 1 mean the classes are separable without"
             " the lungs; a within-source specificity far below the test specificity means"
             " the model calls the COVID images' own non-COVID adults COVID.",

@@ -28,8 +28,14 @@ the one loader :func:`cxr.images.load_image` with the manifest's ``min_side`` an
 decompression bomb, an unsupported mode, undecodable) is listed in the errors table with the
 same reason text as in ``excluded.csv``, and not scored.
 
+Every table passes the overlap guard first (:func:`guarded_score`, :mod:`cxr.overlap`): an
+image the run has seen (same file, same pixels, a near-duplicate, or the same patient) is left
+out of the metrics and listed, or, with ``external.keep_overlaps``, scored as a separate group
+(``group`` column ``overlap``).
+
 Scoring and metrics: :func:`score_table` (through :func:`cxr.predict.load_for_model`, so bad
-files are listed, not fatal) and :func:`cxr.metrics.evaluation_summary`. A table of which no
+files are listed, not fatal) and :func:`cxr.metrics.table_summary` of the stored predictions
+table (:func:`cxr.metrics.read_predictions`). A table of which no
 file loads is refused (:func:`require_loaded`: usually paths relative to the wrong folder);
 when some do not load, :func:`failure_note` says how many, for the figure and the model card.
 """
@@ -41,11 +47,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr import CLASSES, LABEL_INDEX
-from cxr.intervals import clustered_bootstrap_auc, proportion_intervals
+from cxr import CLASSES
+from cxr.intervals import auc_interval, clustered_proportion
 from cxr.io import read_input_csv
 from cxr.manifest import parse_age
-from cxr.metrics import evaluation_summary
+from cxr.metrics import table_summary
+from cxr.overlap import find_overlaps, image_keys, overlap_summary, partition
 
 TABLE_COLUMNS = ("path", "label", "patient_id")
 #: Optional columns of a labelled table, kept from the CSV; DICOM headers fill blank cells.
@@ -241,6 +248,44 @@ def score_table(
     return scored, pd.DataFrame(errors, columns=list(ERROR_COLUMNS))
 
 
+def guarded_score(
+    model,
+    table: pd.DataFrame,
+    reference: pd.DataFrame,
+    max_distance: int,
+    keep_overlaps: bool = False,
+    batch_size: int = 16,
+    **load_options,
+):
+    """The overlap guard, then scoring.
+
+    Parameters
+    ----------
+    table : labelled table (``path, label, patient_id``, ...).
+    reference : :func:`cxr.overlap.reference_table` of the run.
+    max_distance : ``manifest.near_duplicate_distance`` (phash bits).
+    keep_overlaps : False: overlapping images are not scored; True: scored, ``group``
+        ``overlap``.
+    load_options : :func:`score_table`'s ``min_side``, ``max_pixels`` (the manifest's
+        inclusion rules) and ``dicom_voi``.
+
+    Returns
+    -------
+    scored : :func:`score_table` rows with ``group`` (``scored`` / ``overlap``).
+    errors : files that did not load.
+    overlaps : :func:`cxr.overlap.find_overlaps` (every match).
+    guard : :func:`cxr.overlap.overlap_summary`.
+    """
+    overlaps = find_overlaps(table, image_keys(list(table["path"])), reference, max_distance)
+    clean, overlapping = partition(table, overlaps)
+    parts = [clean.assign(group="scored")]
+    if keep_overlaps:
+        parts.append(overlapping.assign(group="overlap"))
+    to_score = pd.concat(parts, ignore_index=True)
+    scored, errors = score_table(model, to_score, batch_size, **load_options)
+    return scored, errors, overlaps, overlap_summary(table, overlaps, keep_overlaps)
+
+
 def require_loaded(scored: pd.DataFrame, errors: pd.DataFrame, csv_path, images=None) -> None:
     """Refuse a labelled table of which no listed file loaded.
 
@@ -280,21 +325,31 @@ def failure_note(summary: dict) -> str | None:
     )
 
 
-def summarise(scored: pd.DataFrame, errors: pd.DataFrame, name: str, **bootstrap) -> dict:
-    """Metrics of a scored table (:func:`cxr.metrics.evaluation_summary`), plus the failures.
+def summarise(
+    scored: pd.DataFrame, errors: pd.DataFrame, name: str, guard: dict | None = None, **bootstrap
+) -> dict:
+    """Metrics of a stored predictions table (:func:`cxr.metrics.table_summary`), the
+    failures and the overlap guard's counts.
 
-    ``bootstrap``: ``n_resamples``, ``seed``, ``confidence``, ``n_bins`` for
+    ``scored``: the predictions table as read back (:func:`cxr.metrics.read_predictions`);
+    rows of ``group`` ``overlap`` (kept by ``external.keep_overlaps``) are summarised apart,
+    under ``overlap_group``. ``guard``: :func:`cxr.overlap.overlap_summary`, stored as
+    ``overlap``. ``bootstrap``: ``n_resamples``, ``seed``, ``confidence``, ``n_bins`` for
     :func:`cxr.metrics.evaluation_summary`. With no scored image, only counts are returned.
     """
-    out = {"name": name, "n_listed": len(scored) + len(errors), "n_failed": len(errors)}
+    group = scored["group"] if "group" in scored.columns else pd.Series("scored", scored.index)
+    main, extra = scored[group == "scored"], scored[group == "overlap"]
+    n_listed = guard["n_checked"] if guard else len(scored) + len(errors)
+    out = {"name": name, "n_listed": n_listed, "n_failed": len(errors)}
     out["failed_by_reason"] = {str(k): int(v) for k, v in errors["reason"].value_counts().items()}
-    if len(scored):
-        y = scored["label"].map(LABEL_INDEX).to_numpy(dtype=int)
-        out.update(
-            evaluation_summary(y, scored["p_covid"], scored["patient_id"].astype(str), **bootstrap)
-        )
-        out["p_covid_mean"] = float(scored["p_covid"].mean())
-        out["p_covid_median"] = float(scored["p_covid"].median())
+    if guard is not None:
+        out["overlap"] = guard
+    if len(main):
+        out.update(table_summary(main, **bootstrap))
+        out["p_covid_mean"] = float(main["p_covid"].mean())
+        out["p_covid_median"] = float(main["p_covid"].median())
+    if len(extra):
+        out["overlap_group"] = table_summary(extra, **bootstrap)
     return out
 
 
@@ -308,22 +363,29 @@ def ieee8023_viral_summary(
     confidence: float = 0.95,
     n_bins: int = 10,
     name: str = "ieee8023 adult non-COVID viral pneumonia",
+    guard: dict | None = None,
 ) -> dict:
     """The honesty check's numbers: specificity on the adult viral images, p_covid per finding,
     and the ROC AUC of test COVID images against them (same population, patient bootstrap).
 
     ``test_predictions``: ``reports/predictions/model_03_test.csv`` (``label``, ``p_covid``,
-    ``patient_id``); its non_covid (Kermany children) rows give the comparison specificity.
+    ``patient_id``; :func:`cxr.metrics.read_predictions`); its non_covid rows (the run's
+    controls) give the comparison specificity (patient design effect). ``scored``: the stored
+    predictions table of these images; only its ``group`` ``scored`` rows enter the
+    comparisons. ``guard``: as :func:`summarise`.
     """
     out = summarise(
         scored,
         errors,
         name,
+        guard,
         n_resamples=n_resamples,
         seed=seed,
         confidence=confidence,
         n_bins=n_bins,
     )
+    if "group" in scored.columns:
+        scored = scored[scored["group"] == "scored"]
     out["per_finding"] = {
         str(f): {
             "n": len(g),
@@ -338,9 +400,9 @@ def ieee8023_viral_summary(
     p = np.r_[covid["p_covid"].to_numpy(float), scored["p_covid"].to_numpy(float)]
     g = np.r_[covid["patient_id"].astype(str), scored["patient_id"].astype(str)]
     out["auc_test_covid_vs_these"] = (
-        clustered_bootstrap_auc(y, p, g, n_resamples, seed, confidence) if len(y) else None
+        auc_interval(y, p, g, n_resamples, seed, confidence) if len(y) else None
     )
-    tn = int((children["p_covid"] <= 0.5).sum())
-    spec = proportion_intervals([[tn, len(children) - tn], [0, 0]], confidence)["specificity"]
-    out["test_non_covid_specificity"] = spec
+    out["test_non_covid_specificity"] = clustered_proportion(
+        (children["p_covid"] <= 0.5).to_numpy(), children["patient_id"].astype(str), confidence
+    )
     return out

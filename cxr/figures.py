@@ -194,14 +194,19 @@ INTERVAL_LABELS = {
 
 
 def _intervals_table(ax, metrics: dict) -> None:
-    """Estimate, interval and counts (or bootstrap method) per entry of ``metrics["intervals"]``."""
+    """Estimate, interval and counts (images and patients) per entry of
+    ``metrics["intervals"]``."""
     level = f"{metrics.get('confidence', 0.95):.0%}"
     cells, labels = [], []
     for name, entry in metrics["intervals"].items():
         est = entry.get("estimate")
         lo, hi = entry.get("lower"), entry.get("upper")
         if "trials" in entry:
-            basis = f"{entry['successes']} / {entry['trials']} (Wilson)"
+            basis = f"{entry['successes']} / {entry['trials']}"
+            if entry.get("n_patients") is not None:
+                basis += f", {entry['n_patients']} patients"
+        elif entry.get("n_covid_patients") is not None:
+            basis = f"{entry['n_covid_patients']} + {entry['n_non_covid_patients']} patients"
         else:
             basis = f"{entry['n_patients']} patients, {entry['n_resamples']} resamples"
         cells.append(
@@ -222,7 +227,7 @@ def _intervals_table(ax, metrics: dict) -> None:
     )
     table.auto_set_font_size(False)
     table.set_fontsize(10)
-    ax.set_title(f"With {level} intervals (bootstrap: patients resampled, not images)")
+    ax.set_title(f"With {level} intervals (patients counted, not images)")
 
 
 def samples_figure(
@@ -302,7 +307,7 @@ def roc_pr_figure(
         ax_pr.axhline(prevalence, ls="--", color="grey", label=f"chance ({prevalence:.2f})")
     ax_roc.set_xlabel("False positive rate (1 - specificity)")
     ax_roc.set_ylabel("True positive rate (sensitivity)")
-    ax_roc.set_title(f"ROC (AUC, {level} patient bootstrap interval)", fontsize=10)
+    ax_roc.set_title(f"ROC (AUC, {level} interval on patient counts)", fontsize=10)
     ax_pr.set_xlabel("Recall (sensitivity)")
     ax_pr.set_ylabel("Precision (PPV)")
     ax_pr.set_title("Precision-recall (AP: average precision)", fontsize=10)

@@ -139,6 +139,40 @@ def matches_finding(finding: str, names) -> bool:
     return any(n.lower() in finding.lower() for n in names)
 
 
+def content_hashes(path, rgb: np.ndarray) -> dict:
+    """The three keys that identify an image's content, the one definition for the manifest
+    and the overlap guard (:mod:`cxr.overlap`).
+
+    Parameters
+    ----------
+    path : the image file; rgb : its decoded ``(H, W, 3) uint8`` pixels
+        (:func:`cxr.images.load_image`).
+
+    Returns
+    -------
+    dict ``sha256`` (of the file's bytes), ``pixel_sha256`` (of ``rgb.tobytes()``: the same
+    picture under another encoding or file format matches) and ``phash``
+    (:func:`cxr.images.perceptual_hash`, 16 hex digits).
+    """
+    return {
+        "sha256": file_hash(path),
+        "pixel_sha256": hashlib.sha256(np.ascontiguousarray(rgb).tobytes()).hexdigest(),
+        "phash": perceptual_hash(rgb),
+    }
+
+
+def phash_distances(a, b) -> np.ndarray:
+    """Hamming distances in bits between two lists of 64-bit perceptual hashes (16 hex digits).
+
+    Returns
+    -------
+    ``(len(a), len(b))`` int array; compare with ``manifest.near_duplicate_distance``.
+    """
+    ha = np.array([int(x, 16) for x in a], dtype=np.uint64)
+    hb = np.array([int(x, 16) for x in b], dtype=np.uint64)
+    return np.bitwise_count(ha[:, None] ^ hb[None, :]).astype(int)
+
+
 def describe_image(
     path: Path,
     label,
@@ -186,9 +220,7 @@ def describe_image(
         "age_low": age if age_low is None else age_low,
         "age_high": age if age_high is None else age_high,
         "sex": sex,
-        "sha256": file_hash(path),
-        "pixel_sha256": hashlib.sha256(rgb.tobytes()).hexdigest(),
-        "phash": perceptual_hash(rgb),
+        **content_hashes(path, rgb),
         "width": rgb.shape[1],
         "height": rgb.shape[0],
         "mode": info["mode"],

@@ -10,10 +10,13 @@ Conventions: classes in :data:`cxr.CLASSES` order, covid (index 1) the positive 
 argmax of the two-class softmax; an exact tie goes to non_covid, as ``numpy.argmax`` would).
 
 Uncertainty (:func:`evaluation_summary`, what the evaluate rule writes): every proportion
-(sensitivity, specificity, PPV, NPV, accuracy) gets a Wilson score interval and ROC AUC a
-patient-clustered, class-stratified percentile bootstrap interval, both from
-:mod:`cxr.intervals`. Calibration of ``p_covid``: reliability bins, expected calibration error
-and Brier score (:func:`calibration`). Curves for plotting: :func:`roc_pr_curves`.
+(sensitivity, specificity, PPV, NPV, accuracy) gets a Wilson score interval on the patient
+design effect's effective sample size, and ROC AUC Newcombe's score interval on patient
+counts (with the patient bootstrap beside it), all from :mod:`cxr.intervals`. Every metric of
+a model on a set is computed from its one stored predictions table, written at full precision
+(:func:`write_predictions`, :func:`read_predictions`). Calibration of ``p_covid``:
+reliability bins, expected calibration error and Brier score (:func:`calibration`). Curves
+for plotting: :func:`roc_pr_curves`.
 
 References
 ----------
@@ -33,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from cxr import CLASSES
-from cxr.intervals import check_confidence, clustered_bootstrap_auc, proportion_intervals
+from cxr.intervals import auc_interval, check_confidence, clustered_proportion_intervals
 from cxr.io import write_csv, write_json, write_table
 
 PREDICTION_COLUMNS = ("path", "patient_id", "label", "predicted", "p_covid")
@@ -175,12 +178,41 @@ def write_metrics(metrics: dict, path) -> None:
 
 
 def write_predictions(frame: pd.DataFrame, path) -> None:
-    """Write a :func:`predictions_frame` as CSV, atomically.
-
-    ``p_covid`` is written with 6 decimals; ``predicted`` was computed before rounding, so it
-    is the class the metrics counted. The folder of ``path`` is created.
+    """Write a predictions table (:func:`predictions_frame`, or a scored external table) as
+    CSV, atomically, at full precision: floats as Python's shortest round-trip repr, so
+    :func:`read_predictions` gives back the very float64 values. The folder of ``path`` is
+    created.
     """
-    write_csv(frame, path, float_format="%.6f")
+    write_csv(frame, path)
+
+
+def read_predictions(path) -> pd.DataFrame:
+    """Read a table of :func:`write_predictions` back: ``p_covid`` exactly as written
+    (float64; pandas' default parser round-trips the shortest repr), ids, paths and labels
+    as strings.
+
+    Raises
+    ------
+    ValueError naming the file when it has no ``label`` or ``p_covid`` column.
+    """
+    frame = pd.read_csv(
+        path,
+        dtype={"path": str, "patient_id": str, "label": str, "predicted": str},
+        keep_default_na=False,
+        na_values={"p_covid": [""]},
+    )
+    missing = [c for c in ("label", "p_covid") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: not a predictions table, missing column(s) {missing}")
+    frame["p_covid"] = frame["p_covid"].astype(float)
+    return frame
+
+
+def table_summary(frame: pd.DataFrame, **options) -> dict:
+    """:func:`evaluation_summary` of a predictions table (``label`` class names, ``p_covid``,
+    ``patient_id``); ``options`` as :func:`evaluation_summary`'s keywords."""
+    y = frame["label"].map({name: i for i, name in enumerate(CLASSES)}).to_numpy(dtype=int)
+    return evaluation_summary(y, frame["p_covid"], frame["patient_id"].astype(str), **options)
 
 
 def calibration(y_true, p_covid, n_bins: int = 10) -> dict:
@@ -284,8 +316,9 @@ def evaluation_summary(
     """:func:`compute_metrics` plus intervals, average precision and calibration.
 
     Adds to the :func:`compute_metrics` dict: ``confidence``; ``n_patients``;
-    ``intervals`` (the :func:`cxr.intervals.proportion_intervals` of the confusion matrix, and
-    ``roc_auc`` from :func:`cxr.intervals.clustered_bootstrap_auc`); ``average_precision``
+    ``intervals`` (:func:`cxr.intervals.clustered_proportion_intervals`: Wilson on the
+    patient design effect's effective sample size, and ``roc_auc`` from
+    :func:`cxr.intervals.auc_interval`: Newcombe on patient counts); ``average_precision``
     (area under the precision-recall curve, step-wise, None with one class); ``prevalence``
     (fraction covid); ``calibration`` (:func:`calibration`).
     """
@@ -299,8 +332,10 @@ def evaluation_summary(
     out["prevalence"] = float(y.mean())
     out["average_precision"] = float(average_precision_score(y, p)) if both else None
     out["confidence"] = check_confidence(confidence)
-    out["intervals"] = proportion_intervals(out["confusion_matrix"], confidence)
-    out["intervals"]["roc_auc"] = clustered_bootstrap_auc(
+    out["intervals"] = clustered_proportion_intervals(
+        y, predicted_labels(p), np.asarray(patient_ids).astype(str), confidence
+    )
+    out["intervals"]["roc_auc"] = auc_interval(
         y, p, patient_ids, n_resamples=n_resamples, seed=seed, confidence=confidence
     )
     out["calibration"] = calibration(y, p, n_bins)

@@ -21,6 +21,7 @@ import jinja2
 import pandas as pd
 
 from cxr.metrics import format_interval
+from cxr.overlap import overlap_note
 
 KERMANY_LICENSE = "CC BY 4.0"
 #: NIH ChestX-ray8 (shared/data/README.md): the NIH Clinical Center allows use with citation.
@@ -55,7 +56,12 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 def _basis(entry: dict) -> str:
     if entry.get("trials") is not None:
-        return f"{entry['successes']} / {entry['trials']}"
+        basis = f"{entry['successes']} / {entry['trials']}"
+        if entry.get("n_patients") is not None:
+            basis += f" ({entry['n_patients']} patients)"
+        return basis
+    if entry.get("n_covid_patients") is not None:
+        return f"{entry['n_covid_patients']} + {entry['n_non_covid_patients']} patients"
     if entry.get("n_patients") is not None:
         return f"{entry['n_patients']} patients, {entry['n_resamples']} resamples"
     return ""
@@ -198,10 +204,24 @@ def audit_context(audit: dict, gradcam: dict) -> dict:
     }
 
 
+def guard_line(summary: dict) -> str | None:
+    """What the overlap guard did to a set outside the split (its ``overlap`` entry), as a
+    sentence: :func:`cxr.overlap.overlap_note`, or that none of the checked images overlaps;
+    None when the set's file has no guard entry (a run before the guard)."""
+    guard = summary.get("overlap")
+    if not guard:
+        return None
+    return overlap_note(guard) or (
+        f"none of the {guard['n_checked']} images overlaps the run's images (file, pixels,"
+        " perceptual hash, patient id)"
+    )
+
+
 def viral_context(viral: dict) -> dict:
     """Section Honesty check (``reports/external/ieee8023_viral.json``): None when no image
-    was scored; ``viral_failed``, the listed images that did not load."""
-    out = {"viral": None, "viral_failed": viral.get("n_failed")}
+    was scored; ``viral_failed``, the listed images that did not load; ``viral_guard``, the
+    overlap guard's sentence (:func:`guard_line`)."""
+    out = {"viral": None, "viral_failed": viral.get("n_failed"), "viral_guard": guard_line(viral)}
     if viral.get("n"):
         spec = viral["intervals"]["specificity"]
         out["viral"] = {
@@ -220,7 +240,11 @@ def within_context(within: dict) -> dict:
     """Section Within-source check (``reports/external/ieee8023_adult.json``), as
     :func:`viral_context`: ``within`` (None when no image was scored), ``within_failed``."""
     out = viral_context(within)
-    return {"within": out["viral"], "within_failed": out["viral_failed"]}
+    return {
+        "within": out["viral"],
+        "within_failed": out["viral_failed"],
+        "within_guard": out["viral_guard"],
+    }
 
 
 def protocol_context(selection: dict) -> dict:
@@ -253,6 +277,7 @@ def external_context(external: dict | None) -> dict:
             "name": external["name"],
             "n": n,
             "n_failed": external["n_failed"],
+            "guard": guard_line(external),
             "rows": interval_rows(external["intervals"]) if n else [],
         }
     }

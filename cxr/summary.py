@@ -3,8 +3,8 @@
 Reads the metrics JSON files that :mod:`cxr.metrics` writes (one per seed's model_03 on its
 own test split) and writes a table; it touches no other file. With a different seed each run
 has a different patient-level split, augmentation and initialisation, so the spread shows how
-much a single run's numbers depend on those choices, on top of each run's own (Wilson /
-bootstrap) intervals.
+much a single run's numbers depend on those choices, on top of each run's own intervals
+(:mod:`cxr.intervals`: patient-counting Wilson and Newcombe).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 # Tests outside the split: ieee8023 adult viral pneumonia and the within-source check on all
 # ieee8023 non-COVID adults (always), and a labelled folder from another source (config
-# external.metadata; off if null).
+# external.metadata; off if null). Each passes the overlap guard first (cxr.overlap): images
+# the run has seen are listed in *_overlaps.csv and left out (config external.keep_overlaps).
 
 EXTERNAL = config["external"]
 
@@ -23,6 +24,7 @@ EXTERNAL_OUTPUTS = [
         [
             "reports/external/external.json",
             "reports/external/external_predictions.csv",
+            "reports/external/external_overlaps.csv",
             "reports/figures/external_roc_pr.png",
         ]
         if EXTERNAL["metadata"]
@@ -38,10 +40,13 @@ rule evaluate_ieee8023_viral:
         excluded="data/interim/excluded.csv",
         covid_dir=rules.acquire_covid.output[0],
         test_predictions="{run}reports/predictions/model_03_test.csv",
+        splits=expand("{run}data/splits/{split}.csv", split=SPLITS, allow_missing=True),
+        augmented="{run}data/augmented/augmented.csv",
     output:
         metrics="{run}reports/external/ieee8023_viral.json",
         predictions="{run}reports/external/ieee8023_viral_predictions.csv",
         errors="{run}reports/external/ieee8023_viral_errors.csv",
+        overlaps="{run}reports/external/ieee8023_viral_overlaps.csv",
         figure=report(
             "{run}reports/figures/ieee8023_viral.png",
             caption="../report/ieee8023_viral.rst",
@@ -61,6 +66,8 @@ rule evaluate_ieee8023_viral:
             "manifest.views",
             "manifest.min_side",
             "manifest.max_pixels",
+            "manifest.near_duplicate_distance",
+            "external.keep_overlaps",
             "evaluate.batch_size",
             *BOOTSTRAP,
             "evaluate.calibration_bins",
@@ -74,6 +81,8 @@ rule evaluate_ieee8023_viral:
         " --test_predictions {input.test_predictions:q}"
         " --metrics {output.metrics:q} --predictions {output.predictions:q}"
         " --errors {output.errors:q} --figure {output.figure:q}"
+        " --overlaps {output.overlaps:q} --splits {input.splits:q}"
+        " --augmented {input.augmented:q}"
         " --threads {threads} {params.options} > {log:q} 2>&1"
 
 
@@ -86,10 +95,13 @@ rule evaluate_ieee8023_adult:
         excluded="data/interim/excluded.csv",
         covid_dir=rules.acquire_covid.output[0],
         test_predictions="{run}reports/predictions/model_03_test.csv",
+        splits=expand("{run}data/splits/{split}.csv", split=SPLITS, allow_missing=True),
+        augmented="{run}data/augmented/augmented.csv",
     output:
         metrics="{run}reports/external/ieee8023_adult.json",
         predictions="{run}reports/external/ieee8023_adult_predictions.csv",
         errors="{run}reports/external/ieee8023_adult_errors.csv",
+        overlaps="{run}reports/external/ieee8023_adult_overlaps.csv",
         figure=report(
             "{run}reports/figures/ieee8023_adult.png",
             caption="../report/ieee8023_adult.rst",
@@ -110,6 +122,8 @@ rule evaluate_ieee8023_adult:
             "manifest.views",
             "manifest.min_side",
             "manifest.max_pixels",
+            "manifest.near_duplicate_distance",
+            "external.keep_overlaps",
             "evaluate.batch_size",
             *BOOTSTRAP,
             "evaluate.calibration_bins",
@@ -123,6 +137,8 @@ rule evaluate_ieee8023_adult:
         " --test_predictions {input.test_predictions:q}"
         " --metrics {output.metrics:q} --predictions {output.predictions:q}"
         " --errors {output.errors:q} --figure {output.figure:q}"
+        " --overlaps {output.overlaps:q} --splits {input.splits:q}"
+        " --augmented {input.augmented:q}"
         " --threads {threads} {params.options} > {log:q} 2>&1"
 
 
@@ -131,10 +147,13 @@ rule evaluate_external:
     input:
         model="{run}models/model_03.keras",
         metadata=EXTERNAL["metadata"] or [],
+        splits=expand("{run}data/splits/{split}.csv", split=SPLITS, allow_missing=True),
+        augmented="{run}data/augmented/augmented.csv",
     output:
         metrics="{run}reports/external/external.json",
         predictions="{run}reports/external/external_predictions.csv",
         errors="{run}reports/external/external_errors.csv",
+        overlaps="{run}reports/external/external_overlaps.csv",
         figure=report(
             "{run}reports/figures/external_roc_pr.png",
             caption="../report/external.rst",
@@ -154,6 +173,8 @@ rule evaluate_external:
             "manifest.min_side",
             "manifest.max_pixels",
             "external.dicom_voi",
+            "manifest.near_duplicate_distance",
+            "external.keep_overlaps",
             "evaluate.batch_size",
             *BOOTSTRAP,
             "evaluate.calibration_bins",
@@ -166,4 +187,6 @@ rule evaluate_external:
         " --metadata {input.metadata:q}"
         " --metrics {output.metrics:q} --predictions {output.predictions:q}"
         " --errors {output.errors:q} --figure {output.figure:q}"
+        " --overlaps {output.overlaps:q} --splits {input.splits:q}"
+        " --augmented {input.augmented:q}"
         " --threads {threads} {params.options} > {log:q} 2>&1"

@@ -2,10 +2,11 @@
 
 Entry point shared by Snakemake and DVC; options named like the config keys (section
 ``evaluate``). Loads the model once, predicts ``p_covid`` (softmax column 1) for every store
-row, and writes only its output paths (via temporary names): --metrics (scores with Wilson
-intervals, ROC AUC with a patient-clustered bootstrap interval, calibration;
-:func:`cxr.metrics.evaluation_summary`), --predictions, and the plot tables --roc, --pr,
---calibration (CSV).
+row, writes --predictions at full precision, reads that table back and computes every metric
+from it: --metrics (proportions with Wilson intervals on the patient design effect's
+effective sample size, ROC AUC with Newcombe's interval on patient counts, calibration;
+:func:`cxr.metrics.table_summary`) and the plot tables --roc, --pr, --calibration (CSV). Writes
+only its output paths (via temporary names).
 """
 
 import argparse
@@ -33,11 +34,13 @@ configure_threads(a.threads)
 
 import numpy as np  # noqa: E402
 
+from cxr import LABEL_INDEX  # noqa: E402
 from cxr.metrics import (  # noqa: E402
-    evaluation_summary,
     format_interval,
     predictions_frame,
+    read_predictions,
     roc_pr_curves,
+    table_summary,
     write_calibration,
     write_curves,
     write_metrics,
@@ -54,12 +57,13 @@ if tuple(model.input_shape[1:]) != store["images"].shape[1:]:
     )
 probs = model.predict(store["images"], batch_size=a.batch_size, verbose=2)
 p_covid = np.clip(probs[:, 1].astype(float), 0.0, 1.0)
+# One stored table of unrounded predictions: every metric is computed from it as read back.
+write_predictions(predictions_frame(store, p_covid), a.predictions)
+table = read_predictions(a.predictions)
 metrics = {"model": Path(a.model).stem, "split": Path(a.store).stem}
 metrics.update(
-    evaluation_summary(
-        store["labels"],
-        p_covid,
-        store["patient_ids"],
+    table_summary(
+        table,
         n_resamples=a.bootstrap_resamples,
         seed=a.bootstrap_seed,
         confidence=a.confidence,
@@ -67,8 +71,7 @@ metrics.update(
     )
 )
 write_metrics(metrics, a.metrics)
-write_predictions(predictions_frame(store, p_covid), a.predictions)
-roc, pr = roc_pr_curves(store["labels"], p_covid)
+roc, pr = roc_pr_curves(table["label"].map(LABEL_INDEX), table["p_covid"])
 write_curves(roc, pr, a.roc, a.pr)
 write_calibration(metrics["calibration"], a.calibration)
 print(

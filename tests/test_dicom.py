@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -44,8 +42,6 @@ from pydicom.uid import (  # noqa: E402
 from cxr.dicom import age_years, decoder_problem, header_fields, is_dicom  # noqa: E402
 from cxr.images import ImageError, image_info, load_image, load_rgb  # noqa: E402
 from cxr.predict import image_files, load_for_model, main, overlay_path  # noqa: E402
-
-from .conftest import REPO  # noqa: E402
 
 KERMANY = "chest_xray/test/PNEUMONIA"
 SIZE = (160, 128)  # width, height: not square, so rows and columns cannot be swapped unseen
@@ -501,27 +497,9 @@ def test_external_script_on_dicom_writes_no_names_or_dates(grey, tmp_path):
     rows.append("lat,covid")
     csv = tmp_path / "labels.csv"
     csv.write_text("\n".join(rows) + "\n")
-    out = {k: tmp_path / f"out.{k}" for k in ("json", "csv", "errors", "png")}
-    args = ["table", "--model", str(model), "--metadata", str(csv), "--dicom_voi", "false"]
-    args += ["--metrics", str(out["json"]), "--predictions", str(out["csv"])]
-    args += ["--errors", str(out["errors"]), "--figure", str(out["png"]), "--batch_size", "2"]
-    args += ["--bootstrap_resamples", "10", "--bootstrap_seed", "0", "--confidence", "0.95"]
-    args += [
-        "--calibration_bins",
-        "5",
-        "--dpi",
-        "50",
-        "--min_side",
-        "1",
-        "--max_pixels",
-        "50000000",
-    ]
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts/external.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    from .external_script import run_table
+
+    proc, out = run_table(tmp_path, model, csv, "--dicom_voi", "false")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     scored = pd.read_csv(out["csv"], dtype=str, keep_default_na=False)
     assert scored["patient_id"].tolist() == ["P0", "P0", "P1", "P1"]

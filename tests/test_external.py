@@ -2,8 +2,6 @@
 scoring with failures listed rather than fatal (a stand-in model, no TensorFlow), except a table
 of which nothing loads (refused, also by the script, with a tiny real model)."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -226,7 +224,7 @@ def test_script_fails_when_no_listed_file_loads(tmp_path):
     keras = pytest.importorskip("keras")
     from cxr.model import build_model
 
-    from .conftest import REPO
+    from .external_script import run_table
 
     keras.utils.set_random_seed(0)
     model = tmp_path / "model_03.keras"
@@ -234,18 +232,7 @@ def test_script_fails_when_no_listed_file_loads(tmp_path):
     csv = tmp_path / "labels" / "labels.csv"
     csv.parent.mkdir()
     csv.write_text("path,label\nx1.png,covid\nx2.png,non_covid\n")
-    out = {k: tmp_path / f"out.{k}" for k in ("json", "csv", "errors", "png")}
-    args = ["table", "--model", str(model), "--metadata", str(csv)]
-    args += ["--metrics", str(out["json"]), "--predictions", str(out["csv"])]
-    args += ["--errors", str(out["errors"]), "--figure", str(out["png"]), "--batch_size", "2"]
-    args += ["--bootstrap_resamples", "10", "--bootstrap_seed", "0", "--confidence", "0.95"]
-    args += ["--calibration_bins", "5", "--dpi", "50", "--min_side", "1", "--max_pixels", "100"]
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts/external.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    proc, out = run_table(tmp_path, model, csv, max_pixels=100)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"ERROR: {csv}: none of the 2 listed images loaded (2 missing)")

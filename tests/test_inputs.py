@@ -170,23 +170,14 @@ def test_the_script_refuses_a_latin1_table_in_one_line(tmp_path):
     keras = pytest.importorskip("keras")
     from cxr.model import build_model
 
+    from .external_script import run_table
+
     keras.utils.set_random_seed(0)
     model = tmp_path / "model_03.keras"
     build_model(32, dense_units=(4, 4)).save(model)
     csv = tmp_path / "labels.csv"
     csv.write_bytes(LATIN1)
-    out = {k: tmp_path / f"out.{k}" for k in ("json", "csv", "errors", "png")}
-    args = ["table", "--model", str(model), "--metadata", str(csv)]
-    args += ["--metrics", str(out["json"]), "--predictions", str(out["csv"])]
-    args += ["--errors", str(out["errors"]), "--figure", str(out["png"]), "--batch_size", "2"]
-    args += ["--bootstrap_resamples", "10", "--bootstrap_seed", "0", "--confidence", "0.95"]
-    args += ["--calibration_bins", "5", "--dpi", "50", "--min_side", "1", "--max_pixels", "100"]
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts/external.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    proc, out = run_table(tmp_path, model, csv, max_pixels=100)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and "UnicodeDecodeError" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]

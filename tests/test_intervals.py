@@ -14,8 +14,13 @@ import pandas as pd
 import pytest
 
 from cxr.intervals import (
+    auc_interval,
     bootstrap_aucs,
     clustered_bootstrap_auc,
+    clustered_proportion,
+    clustered_proportion_intervals,
+    design_effect,
+    newcombe_auc_interval,
     proportion_intervals,
     wilson_interval,
 )
@@ -229,3 +234,145 @@ def test_evaluation_summary_intervals_contain_their_estimates(tmp_path):
     cal = pd.read_csv(tmp_path / "cal.csv")
     assert list(cal.columns) == ["bin", "lower", "upper", "count", "mean_p_covid", "fraction_covid"]
     assert cal["count"].sum() == 10
+
+
+# --- intervals that account for patients, and stay honest at 0 %, 100 % and separation ----
+
+
+def wilson_on(p, n_eff, z=Z95):
+    """Wilson interval of a proportion p on a (fractional) sample size n_eff, by the formula."""
+    centre = (p + z * z / (2 * n_eff)) / (1 + z * z / n_eff)
+    half = z / (1 + z * z / n_eff) * math.sqrt(p * (1 - p) / n_eff + z * z / (4 * n_eff**2))
+    return centre - half, centre + half
+
+
+def test_repeated_patients_widen_a_proportion_interval():
+    """13 images of 5 patients: P1 5 right, P2 5 wrong, P3 1 right, P4 1 right, P5 1 wrong.
+
+    p = 7/13. Per patient x_i - p n_i = 30/13, -35/13, 6/13, 6/13, -7/13; their squares sum to
+    2246/169, so the ratio-estimator variance is 2246/169/169 and the binomial one
+    p(1-p)/n = 42/2197: deff = 2246/546 = 4.1136, n_eff = 13/deff = 3.1603. Wilson on it
+    (z^2 = 3.8415, z^2/n_eff = 1.2155): centre (0.53846 + 0.60777) / 2.21554 = 0.51736,
+    half-width 0.88464 sqrt(0.078639 + 0.096157) = 0.36986, so [0.1475, 0.8872], against the
+    independent Wilson interval of 7/13, [0.2914, 0.7679].
+    """
+    outcomes = [1] * 5 + [0] * 5 + [1, 1, 0]
+    groups = ["P1"] * 5 + ["P2"] * 5 + ["P3", "P4", "P5"]
+    deff = design_effect(outcomes, groups)
+    assert deff == pytest.approx(2246 / 546)
+    out = clustered_proportion(outcomes, groups)
+    assert out["estimate"] == pytest.approx(7 / 13) and out["n_patients"] == 5
+    assert out["effective_n"] == pytest.approx(13 * 546 / 2246)
+    assert (out["lower"], out["upper"]) == pytest.approx(wilson_on(7 / 13, 13 * 546 / 2246))
+    assert (out["lower"], out["upper"]) == pytest.approx((0.1475, 0.8872), abs=5e-4)
+    independent = wilson_interval(7, 13)
+    assert independent == pytest.approx((0.2914, 0.7679), abs=5e-4)
+    assert (out["independent_lower"], out["independent_upper"]) == independent
+    assert out["lower"] < independent[0] and out["upper"] > independent[1]
+
+
+def test_one_image_per_patient_gives_the_independent_wilson_interval():
+    outcomes = [1] * 20 + [0] * 7
+    out = clustered_proportion(outcomes, range(27))
+    assert out["design_effect"] == 1.0
+    assert (out["lower"], out["upper"]) == pytest.approx(wilson_interval(20, 27))
+    # a design effect below 1 (patients more alike across than within) is clamped at 1
+    alternating = [1, 0] * 10
+    out = clustered_proportion(alternating, np.repeat(np.arange(10), 2))
+    assert out["design_effect"] == 1.0
+    assert (out["lower"], out["upper"]) == pytest.approx(wilson_interval(10, 20))
+
+
+def test_all_right_counts_each_patient_once():
+    """30/30 images of 19 patients: no variance to measure the clustering by, so the worst
+    case: n_eff = 19 patients, Wilson 19/19 (lower 0.832, against 0.886 for 30 images)."""
+    groups = [f"p{i % 19}" for i in range(30)]
+    out = clustered_proportion([1] * 30, groups)
+    assert out["design_effect"] == pytest.approx(30 / 19) and out["effective_n"] == 19
+    assert out["lower"] == pytest.approx(wilson_interval(19, 19)[0]) and out["upper"] == 1.0
+    assert round(out["lower"], 3) == 0.832 and round(out["independent_lower"], 3) == 0.886
+    nothing = clustered_proportion([0] * 30, groups)
+    assert nothing["lower"] == 0.0 and nothing["upper"] == pytest.approx(1 - out["lower"])
+    empty = clustered_proportion([], [])
+    assert empty["estimate"] is None and empty["lower"] is None and empty["trials"] == 0
+
+
+def test_clustered_proportion_intervals_of_each_proportion():
+    y = [1, 1, 1, 0, 0, 0, 0]
+    yhat = [1, 1, 0, 0, 0, 1, 1]
+    g = ["a", "a", "b", "c", "c", "d", "e"]
+    out = clustered_proportion_intervals(y, yhat, g)
+    counts = {name: (e["successes"], e["trials"]) for name, e in out.items()}
+    assert counts == {
+        "sensitivity": (2, 3),
+        "specificity": (2, 4),
+        "ppv": (2, 4),
+        "npv": (2, 3),
+        "accuracy": (4, 7),
+    }
+    assert out["sensitivity"]["n_patients"] == 2 and out["ppv"]["n_patients"] == 3
+
+
+def newcombe_by_polynomial(theta, m, n, z=Z95):
+    """Newcombe (2006) Method 5 bounds as the real roots in [0, 1] of the quartic
+    mn (t - theta)^2 (2 - t)(1 + t) = z^2 t (1 - t) [(2 - t)(1 + t) + N (1 - t)(1 + t)
+    + N t (2 - t)], N = (m + n)/2 - 1, multiplied out with numpy's polynomial algebra."""
+    P = np.polynomial.Polynomial
+    t = P([0, 1])
+    nstar = (m + n) / 2 - 1
+    left = m * n * (t - theta) ** 2 * (2 - t) * (1 + t)
+    right = z * z * t * (1 - t) * ((2 - t) * (1 + t) + nstar * (1 - t) * (1 + t))
+    right = right + z * z * t * (1 - t) * nstar * t * (2 - t)
+    roots = (left - right).roots()
+    real = sorted(r.real for r in roots if abs(r.imag) < 1e-9 and -1e-9 <= r.real <= 1 + 1e-9)
+    return real
+
+
+def test_perfect_separation_on_30_plus_30_has_a_lower_bound_below_1():
+    """The percentile bootstrap collapses to [1, 1]; Newcombe's interval gives 0.933."""
+    y = np.r_[np.ones(30), np.zeros(30)].astype(int)
+    s = np.r_[np.linspace(0.6, 0.99, 30), np.linspace(0.01, 0.4, 30)]
+    out = auc_interval(y, s, np.arange(60), n_resamples=500, seed=0)
+    assert out["estimate"] == 1.0 and out["upper"] == 1.0
+    assert out["lower"] < 1 and round(out["lower"], 3) == 0.933
+    roots = newcombe_by_polynomial(1.0, 30, 30)  # 1.0 itself is a root, the bound below it
+    assert out["lower"] == pytest.approx(max(r for r in roots if r < 0.999), abs=1e-9)
+    assert (out["bootstrap"]["lower"], out["bootstrap"]["upper"]) == (1.0, 1.0)
+    # 3 images per patient: 30 + 30 patients, the same interval; as images it would be narrower
+    g3 = np.repeat(np.arange(60), 3)
+    three = auc_interval(np.repeat(y, 3), np.repeat(s, 3), g3, n_resamples=100, seed=0)
+    assert (three["n_covid_patients"], three["n_non_covid_patients"]) == (30, 30)
+    assert three["lower"] == pytest.approx(out["lower"])
+    assert newcombe_auc_interval(1.0, 90, 90)[0] > out["lower"]
+
+
+@pytest.mark.parametrize(("theta", "m", "n"), [(0.75, 10, 12), (0.5, 5, 5), (0.9, 30, 19)])
+def test_newcombe_interval_solves_its_quartic(theta, m, n):
+    lower, upper = newcombe_auc_interval(theta, m, n)
+    roots = newcombe_by_polynomial(theta, m, n)
+    assert lower == pytest.approx(max(r for r in roots if r < theta), abs=1e-9)
+    assert upper == pytest.approx(min(r for r in roots if r > theta), abs=1e-9)
+    assert newcombe_auc_interval(0.0, m, n) == pytest.approx(
+        (0.0, 1 - newcombe_auc_interval(1.0, n, m)[0])
+    )
+
+
+def test_predictions_are_stored_at_full_precision(tmp_path):
+    from cxr.metrics import read_predictions, table_summary, write_predictions
+
+    p = np.array([1 / 3, 0.1 + 0.2, 0.123456789012345678, 1e-17, 1 - 1e-16, 0.5, 0.7])
+    frame = pd.DataFrame(
+        {
+            "path": [f"x{i}.png" for i in range(7)],
+            "patient_id": ["007", "007", "b", "c", "d", "e", "f"],
+            "label": ["covid", "covid", "covid", "non_covid", "non_covid", "covid", "non_covid"],
+            "predicted": "covid",
+            "p_covid": p,
+        }
+    )
+    write_predictions(frame, tmp_path / "p.csv")
+    back = read_predictions(tmp_path / "p.csv")
+    assert back["p_covid"].to_numpy().tobytes() == p.tobytes()  # bit for bit
+    assert back["patient_id"].tolist()[:2] == ["007", "007"]  # ids stay strings
+    a = table_summary(frame, n_resamples=20, seed=0)
+    assert table_summary(back, n_resamples=20, seed=0) == a

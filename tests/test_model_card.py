@@ -138,6 +138,18 @@ def card_inputs() -> dict:
             "auc_test_covid_vs_these": interval(0.75, 0.4, 1.0, n_patients=5, n_resamples=100),
             "per_finding": {"No Finding": {"n": 3}, "SARS": {"n": 1}},
             "p_covid_mean": 0.4,
+            "overlap": {
+                "n_checked": 6,
+                "n_overlapping": 2,
+                "by_kind": {
+                    "file sha256": 0,
+                    "pixel sha256": 1,
+                    "perceptual hash": 0,
+                    "patient id": 2,
+                },
+                "label_conflicts": 2,
+                "handling": "left out of the metrics",
+            },
         },
         "selection": {
             "protocol": "seed",
@@ -173,6 +185,7 @@ def card_inputs() -> dict:
             "n_listed": 7,
             "n_failed": 2,
             "intervals": TEST_INTERVALS,
+            "overlap": {"n_checked": 7, "n_overlapping": 0},
         },
         "image_size": 64,
     }
@@ -231,7 +244,11 @@ def test_metrics_audit_viral_external_contexts():
     assert v["viral_failed"] == 1 and v["viral"]["findings"] == "SARS: 2, Varicella: 1"
     assert v["viral"]["specificity"] == "0.333 [0.060, 0.790]"
     assert v["viral"]["p_covid_mean"] == "0.712"
-    assert viral_context({"n": 0, "n_failed": 0}) == {"viral": None, "viral_failed": 0}
+    assert viral_context({"n": 0, "n_failed": 0}) == {
+        "viral": None,
+        "viral_failed": 0,
+        "viral_guard": None,
+    }
     assert external_context(None) == {"external": None}
     e = external_context({"name": "x.csv", "n_failed": 3})["external"]
     assert (e["n"], e["n_failed"], e["rows"]) == (0, 3, [])
@@ -301,10 +318,16 @@ def test_rendered_card_holds_the_hand_computed_values():
     )
     assert "- Specificity on them: 0.500 [0.150, 0.850] (2 / 4 called non_covid);" in within
     assert "- ROC AUC, test COVID images vs these adults: 0.750 [0.400, 1.000]." in within
+    assert (
+        "Overlap guard: 2 of 6 images overlap the run's images (1 pixel sha256, 2 patient id;"
+        " 2 label conflicts): left out of the metrics (`ieee8023_adult_overlaps.csv`)" in within
+    )
+    assert "Overlap guard" not in viral  # a file without a guard entry: no sentence
     assert "**Confounded classes.** Every non-COVID image is a child" in card
     external = section(card, "External test")
     assert "| ROC AUC | 0.875 [0.500, 1.000] | 6 patients, 200 resamples |" in external
     assert "ext/labels.csv: 5 images scored, 2 failed." in external
+    assert "Overlap guard: none of the 7 images overlaps the run's images" in external
 
 
 def test_card_without_warnings_heat_viral_or_external():

@@ -179,6 +179,7 @@ def test_comparison_row_by_hand():
         "n": 5,
         "intervals": {"specificity": interval(0.2, 0.04, 0.6)},
         "auc_test_covid_vs_these": interval(0.65, None, None),
+        "overlap": {"n_checked": 7, "n_overlapping": 2},
     }
     frame = pd.DataFrame({"label": ["covid", "covid", "non_covid"]})
     row = comparison_row(
@@ -197,6 +198,7 @@ def test_comparison_row_by_hand():
     assert (row["size_mode_auc"], row["thumbnail_auc_lower"]) == (1.0, 0.6)
     assert (row["within_specificity_upper"], row["within_auc_lower"]) == (0.6, None)
     assert row["external_roc_auc"] is None  # not configured
+    assert row["within_overlaps"] == 2 and "external_overlaps" not in row
     assert "selected_covid" not in row  # no selection given
     selection = {
         "counts": [
@@ -301,6 +303,7 @@ def test_comparison_cells_equal_the_run_files(two_protocols):
             for label in ("covid", "non_covid"):
                 assert row[f"{split}_{label}"] == (frame["label"] == label).sum()
         assert row["within_n"] == files["within"]["n"] > 0
+        assert row["within_overlaps"] == files["within"]["overlap"]["n_overlapping"]
         selection = read_json(run / "data/interim/selection.json")
         for label in ("covid", "non_covid"):
             assert row[f"selected_{label}"] == selection["classes"][label]["images"]

@@ -8,6 +8,7 @@ resamples, 2 + 2 Grad-CAM images). File lists are written out here, not imported
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from cxr.metrics import format_interval
+from cxr.metrics import format_interval, read_predictions
+from cxr.sources import file_hash
 from cxr.store import load_store
 
 from .conftest import REPO, snakemake
@@ -80,9 +82,10 @@ def test_metrics_carry_intervals_and_calibration(smoke_run):
         cal = m["calibration"]
         assert sum(b["count"] for b in cal["bins"]) == m["n"]
         assert 0 <= cal["ece"] <= 1 and 0 <= cal["brier"] <= 1
-        preds = pd.read_csv(smoke_run / "reports/predictions" / f"{e}.csv")
+        # the stored predictions are the very numbers the metrics were computed from
+        preds = read_predictions(smoke_run / "reports/predictions" / f"{e}.csv")
         y = (preds["label"] == "covid").astype(float)
-        assert cal["brier"] == pytest.approx(((preds["p_covid"] - y) ** 2).mean(), abs=1e-5)
+        assert cal["brier"] == pytest.approx(((preds["p_covid"] - y) ** 2).mean(), rel=1e-12)
         roc = pd.read_csv(smoke_run / "reports/curves" / f"{e}_roc.csv")
         pr = pd.read_csv(smoke_run / "reports/curves" / f"{e}_pr.csv")
         assert list(roc.columns) == ["fpr", "tpr", "threshold"]
@@ -153,9 +156,13 @@ def test_shortcut_audit(smoke_run):
 @pytest.mark.e2e
 def test_ieee8023_adult_viral_check(smoke_run):
     viral = load(smoke_run / "reports/external/ieee8023_viral.json")
-    preds = pd.read_csv(smoke_run / "reports/external/ieee8023_viral_predictions.csv")
+    preds = read_predictions(smoke_run / "reports/external/ieee8023_viral_predictions.csv")
     errors = pd.read_csv(smoke_run / "reports/external/ieee8023_viral_errors.csv")
-    assert viral["n_listed"] == 21 == len(preds) + len(errors)  # 16 SARS, 4 varicella, 1 influenza
+    overlaps = pd.read_csv(smoke_run / "reports/external/ieee8023_viral_overlaps.csv")
+    left_out = viral["overlap"]["n_overlapping"]
+    assert left_out == overlaps["path"].nunique()
+    # 16 SARS, 4 varicella, 1 influenza: scored, failed or left out by the overlap guard
+    assert viral["n_listed"] == 21 == len(preds) + len(errors) + left_out
     assert viral["n"] == len(preds) and (preds["label"] == "non_covid").all()
     spec = viral["intervals"]["specificity"]
     assert spec["trials"] == len(preds)
@@ -165,6 +172,37 @@ def test_ieee8023_adult_viral_check(smoke_run):
     assert sum(f["n"] for f in viral["per_finding"].values()) == len(preds)
     check_interval(viral["auc_test_covid_vs_these"], "auc")
     check_interval(viral["test_non_covid_specificity"], "children")
+
+
+@pytest.mark.e2e
+def test_within_source_check_shares_no_patient_or_image_with_the_run(smoke_run):
+    """Every within-source image that shares a patient id, file or pixels with an image of the
+    run's splits or augmented images is listed in the overlaps CSV and left out; none of the
+    scored ones does."""
+    within = load(smoke_run / "reports/external/ieee8023_adult.json")
+    preds = read_predictions(smoke_run / "reports/external/ieee8023_adult_predictions.csv")
+    errors = pd.read_csv(smoke_run / "reports/external/ieee8023_adult_errors.csv")
+    overlaps = pd.read_csv(
+        smoke_run / "reports/external/ieee8023_adult_overlaps.csv",
+        dtype={"patient_id": str, "matched_patient_id": str},
+    )
+    run = pd.concat(
+        [
+            pd.read_csv(smoke_run / f"data/splits/{s}.csv", dtype={"patient_id": str})
+            for s in ("train", "val", "test")
+        ]
+        + [pd.read_csv(smoke_run / "data/augmented/augmented.csv", dtype={"patient_id": str})]
+    )
+    assert not set(preds["patient_id"]) & set(run["patient_id"])
+    assert not {file_hash(smoke_run / p) for p in preds["path"]} & set(run["sha256"])
+    by_patient = overlaps[overlaps["kind"] == "patient id"]
+    assert (by_patient["patient_id"] == by_patient["matched_patient_id"]).all()
+    assert by_patient["matched_patient_id"].isin(set(run["patient_id"])).all()
+    guard = within["overlap"]
+    assert guard["n_overlapping"] == overlaps["path"].nunique()
+    assert within["n_listed"] == len(preds) + len(errors) + guard["n_overlapping"]
+    log = (smoke_run / "logs/evaluate_ieee8023_adult.log").read_text()
+    assert log.count("OVERLAP ") == len(overlaps)
 
 
 @pytest.mark.e2e
@@ -215,8 +253,17 @@ def test_external_folder(smoke_run, mirror, tmp_path):
     folder = tmp_path / "external"
     folder.mkdir()
     rows = ["path,label,patient_id"]
-    covid = sorted((mirror / "covid-chestxray-dataset/images").glob("*.jp*g"))[-3:]
-    kermany = sorted((mirror / "chest_xray/train/PNEUMONIA").glob("*.jpeg"))[-3:]
+    in_run = set()
+    for s in ("train", "val", "test"):
+        in_run |= set(pd.read_csv(smoke_run / f"data/splits/{s}.csv")["sha256"])
+
+    def unseen(paths):  # the last three files (by name) that are no image of the run
+        return sorted(p for p in sorted(paths, reverse=True)[:40] if file_hash(p) not in in_run)[
+            -3:
+        ]
+
+    covid = unseen((mirror / "covid-chestxray-dataset/images").glob("*.jp*g"))
+    kermany = unseen((mirror / "chest_xray/train/PNEUMONIA").glob("*.jpeg"))
     patients = ["c0", "c0", "c1", "k0", "k1", "k1"]  # two patients with two images each
     for p, label, pid in zip(
         [*covid, *kermany], ["covid"] * 3 + ["non_covid"] * 3, patients, strict=True
@@ -225,6 +272,12 @@ def test_external_folder(smoke_run, mirror, tmp_path):
         rows.append(f"{p.name},{label},{pid}")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     rows.append("broken.png,covid,ext9")
+    # a byte copy of a training image under another name: the overlap guard leaves it out
+    train = pd.read_csv(smoke_run / "data/splits/train.csv")
+    seen = train["path"].iloc[0]
+    copy = "copy" + Path(seen).suffix
+    shutil.copy(smoke_run / seen if not seen.startswith("/") else seen, folder / copy)
+    rows.append(f"{copy},{train['label'].iloc[0]},ext10")
     (folder / "labels.csv").write_text("\n".join(rows) + "\n")
     overlay = tmp_path / "external.yaml"
     overlay.write_text(yaml.safe_dump({"external": {"metadata": str(folder / "labels.csv")}}))
@@ -238,7 +291,11 @@ def test_external_folder(smoke_run, mirror, tmp_path):
     )
     assert "evaluate_external" in out.stdout
     m = load(smoke_run / "reports/external/external.json")
-    assert m["n_listed"] == 7 and m["n_failed"] == 1 and m["n"] == 6
+    assert m["n_listed"] == 8 and m["n_failed"] == 1 and m["n"] == 6
+    assert m["overlap"]["n_overlapping"] == 1 and m["overlap"]["by_kind"]["file sha256"] == 1
+    overlaps = pd.read_csv(smoke_run / "reports/external/external_overlaps.csv")
+    assert overlaps["path"].str.endswith(copy).all()
+    assert (overlaps["matched_path"] == seen).any() and (overlaps["split"] == "train").any()
     assert m["n_patients"] == 4 and m["confusion_matrix"] and m["model"] == "model_03"
     assert m["intervals"]["sensitivity"]["trials"] == 3
     for name, entry in m["intervals"].items():
