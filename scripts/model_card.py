@@ -27,8 +27,7 @@ a = p.parse_args()
 
 import pandas as pd  # noqa: E402
 
-from cxr.io import write_text  # noqa: E402
-from cxr.manifest import read_metadata  # noqa: E402
+from cxr.io import read_input_csv, write_text  # noqa: E402
 from cxr.model_card import render  # noqa: E402
 
 
@@ -44,7 +43,9 @@ meta_path = Path(a.covid_dir) / "metadata.csv"
 text = render(
     manifest=table(a.manifest),
     excluded=table(a.excluded),
-    metadata=read_metadata(meta_path) if meta_path.is_file() else None,
+    metadata=read_input_csv(meta_path, dtype=str, keep_default_na=False)
+    if meta_path.is_file()
+    else None,
     splits={
         name: table(path) for name, path in zip(("train", "val", "test"), a.splits, strict=True)
     },
