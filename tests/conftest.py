@@ -1,12 +1,18 @@
-"""Shared fixtures: the real mirror beside the checkout, and one smoke run of the workflow.
+"""Shared fixtures: the real mirror beside the checkout, and one session run of the workflow.
 
-The smoke run copies the tracked files of this checkout into a temporary folder and runs
-``snakemake`` there with the smoke overlay, so tests never write into the checkout or the
-read-only mirror (``../shared/data``; override with ``CXR_SHARED``).
+``smoke_run`` is the one end-to-end run that the e2e tests share (docs/testing.md): a copy of
+the tracked files of this checkout in a temporary folder where ``snakemake`` ran the whole
+DAG once with :data:`SESSION_OVERLAYS` (tests/config/smoke.yaml: tiny, cached features;
+tests/config/session.yaml: both shipped protocols) on the real mirror plus the bad-input
+corpus. Tests never write into the checkout or the read-only mirror (``../shared/data``;
+override with ``CXR_SHARED``). A test that needs more from it asks :func:`snakemake` for a
+target in that folder (with the same config unless it adds some); a test that needs other
+settings for the shared steps makes its own, smallest possible run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,6 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CXR_SHARED", REPO.parent / "shared")).resolve()
 MIRROR = SHARED / "data"
 WEIGHTS = SHARED / "weights" / "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
+#: The overlays of the shared session run (smoke_run), in order.
+SESSION_OVERLAYS = ("tests/config/smoke.yaml", "tests/config/session.yaml")
 
 
 def copy_checkout(dest: Path) -> Path:
@@ -44,6 +52,7 @@ def snakemake(
     smoke: bool = True,
     check: bool = True,
     mirror: Path | None = None,
+    overlays: tuple[str, ...] | None = None,
     cores: int = 2,
     config: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess:
@@ -52,14 +61,20 @@ def snakemake(
     Returns the finished process; its ``stdout`` holds stdout and stderr together.
     ``args`` (targets, flags) come first: ``--configfile``/``--config`` take every word after;
     ``config`` adds ``key=value`` words to ``--config``.
-    ``mirror`` is a config parameter (a change reruns acquire): by default the one this
-    workdir first ran with (remembered in ``.test-mirror``), else the real mirror.
+    ``mirror`` and ``overlays`` (config files, relative to ``workdir`` or absolute) are what
+    this workdir first ran with (remembered in ``.test-run.json``), unless given: by default
+    the real mirror and tests/config/smoke.yaml (none with ``smoke=False``). So every later
+    call in the session run's folder has its config, and a changed mirror or overlay (which
+    would rerun the jobs that read them) is always explicit.
     """
-    remembered = workdir / ".test-mirror"
-    if mirror is None:
-        mirror = Path(remembered.read_text()) if remembered.is_file() else MIRROR
-    remembered.write_text(str(mirror))
-    overlay = ["--configfile", "tests/config/smoke.yaml"] if smoke else []
+    remembered = workdir / ".test-run.json"
+    first = json.loads(remembered.read_text()) if remembered.is_file() else {}
+    mirror = Path(mirror or first.get("mirror") or MIRROR)
+    if overlays is None:
+        default = ["tests/config/smoke.yaml"] if smoke else []
+        overlays = tuple(first.get("overlays", default))
+    if not first:
+        remembered.write_text(json.dumps({"mirror": str(mirror), "overlays": list(overlays)}))
     cmd = [
         sys.executable,
         "-m",
@@ -67,7 +82,7 @@ def snakemake(
         *args,
         "--cores",
         str(cores),
-        *overlay,
+        *(["--configfile", *overlays] if overlays else []),
         "--config",
         f"mirror={mirror}",
         f"pretrained_weights={WEIGHTS}",
@@ -109,8 +124,18 @@ def corpus_mirror(tmp_path_factory, mirror) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, corpus_mirror) -> Path:
-    """A temporary copy of the checkout where the whole smoke workflow has run once, on the
-    real mirror plus the bad-input corpus (which must not crash any step)."""
+    """The shared session run: a temporary copy of the checkout where the whole workflow ran
+    once (target ``all``) with :data:`SESSION_OVERLAYS`, on the real mirror plus the
+    bad-input corpus (which must not crash any step).
+
+    What it holds: the seed protocol's chain at the top level and adult_controls' under
+    ``protocols/adult_controls/`` (each: splits, stores, ``data/features/``, three models,
+    four evaluations, audit, within-source check, model card), the shared manifest (with the
+    NIH rows), and ``reports/protocols/comparison.*``. ``snakemake(smoke_run, target, ...)``
+    builds more in it with the same config (plus ``config`` words or extra ``overlays``);
+    ``.test-session.log`` holds the run's output (its job stats, for one).
+    """
     workdir = copy_checkout(tmp_path_factory.mktemp("smoke"))
-    snakemake(workdir, mirror=corpus_mirror)
+    proc = snakemake(workdir, mirror=corpus_mirror, overlays=SESSION_OVERLAYS)
+    (workdir / ".test-session.log").write_text(proc.stdout)
     return workdir

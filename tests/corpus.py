@@ -46,7 +46,8 @@ def _gradient(h=200, w=160) -> np.ndarray:
 
 
 def expected_pixels(name: str) -> np.ndarray | None:
-    """The ``(H, W, 3) uint8`` array the loader must return for a usable generated file."""
+    """The ``(H, W, 3) uint8`` array the loader must return for a usable generated file
+    (every name of :data:`EXPECTED` whose reason is None), else None."""
     if name == "ok-16bit.png":
         v = np.floor(_gradient().astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8)
         return np.repeat(v[:, :, None], 3, axis=2)
@@ -56,6 +57,13 @@ def expected_pixels(name: str) -> np.ndarray | None:
         return rgb
     if name == "ok-palette.png":  # palette index 1 -> (10, 20, 30)
         return np.tile(np.array([10, 20, 30], np.uint8), (200, 160, 1))
+    if name == "ok-cmyk.jpg":  # CMYK (0, 50, 100, 0): R, G, B = 255 - C, 255 - M, 255 - Y (K 0)
+        return np.tile(np.array([255, 205, 155], np.uint8), (200, 160, 1))
+    if name == "ok-png-named.jpg":  # the noise PNG: the first draw of rng seed 0, grey
+        grey = np.random.default_rng(0).integers(0, 256, (240, 200), dtype=np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if name == "ok-exif-rotated.jpg":  # 300 wide, 200 high, grey 90; shown turned: 200 x 300
+        return np.full((300, 200, 3), 90, np.uint8)
     return None
 
 

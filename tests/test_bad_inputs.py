@@ -42,8 +42,7 @@ def test_convertible_file_taken(smoke_run, tables, name):
     assert rgb.dtype == np.uint8 and rgb.shape[2] == 3
     assert (int(row.height.item()), int(row.width.item())) == rgb.shape[:2]
     want = expected_pixels(name)
-    if want is not None:
-        assert np.array_equal(rgb, want)
+    assert want is not None and np.array_equal(rgb, want)
 
 
 def test_exif_rotation_and_formats_recorded(tables):

@@ -67,19 +67,20 @@ def stores(tmp_path_factory):
 
 def run(stores, out, stage, init=None, features=None, **kwargs):
     """Train one stage (2 epochs, batch 4, no augmentation); returns (model, history rows)."""
+    return run_settings(stores, out, stage, init, features, **kwargs)
+
+
+def run_settings(stores, out, stage, init=None, features=None, **kwargs):
+    """:func:`run` where ``kwargs`` may also change the epochs and the augmentation."""
     model = out / f"{stage}.keras"
+    fixed = dict(seed=3, batch_size=4, epochs=2, realtime_augmentation=False, patience=None)
     settings = TrainSettings(
-        seed=3,
-        batch_size=4,
-        epochs=2,
-        realtime_augmentation=False,
-        patience=None,
+        **{**fixed, **kwargs},
         checkpoint_monitor="loss",  # the last epoch (loss falls): both runs keep the same one
         threads=2,
         verbose=0,
         **HEAD,
         **STAGES[stage],
-        **kwargs,
     )
     rows = train_stage(
         stores / "train.npz",
@@ -227,3 +228,42 @@ def test_script_options(stores, tmp_path):
         check=True,
     ).stdout
     assert "--cache_features" in out and "--features TRAIN VAL" in out
+
+
+def test_realtime_augmentation_on_leaves_the_cache_off(stores, tmp_path, capsys):
+    """What the smoke run (real-time augmentation off) no longer runs end to end: with it on,
+    scripts/features.py writes 'off' files without starting TensorFlow, and a stage given
+    them trains on augmented batches as without them (the cache is not used, and says so)."""
+    out = [tmp_path / "features/train.npz", tmp_path / "features/val.npz"]
+    cmd = [sys.executable, str(REPO / "scripts/features.py")]
+    cmd += ["--stores", str(stores / "train.npz"), str(stores / "val.npz")]
+    cmd += ["--pretrained", str(tmp_path / "never-read.h5"), "--out", *map(str, out)]
+    cmd += ["--cache_features", "true", "--realtime_augmentation", "true"]
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = sys.argv[1:]\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, *cmd[1:]], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    why = "train.realtime_augmentation is true: every epoch trains on new images"
+    for path in out:
+        assert features_meta(path)["off"] == why
+        assert f"{path}: feature cache off ({why})" in proc.stdout
+        with np.load(path, allow_pickle=False) as f:
+            assert sorted(f.files) == ["labels", "meta"] and f["labels"].shape == (0,)
+    capsys.readouterr()
+    on = dict(realtime_augmentation=True, cache_features=True, epochs=1)
+    a = run_settings(stores, tmp_path / "with_files", "model_01", features=out, **on)
+    printed = capsys.readouterr().out
+    assert "cache_features: off (real-time augmentation on, or nothing frozen)" in printed
+    b = run_settings(stores, tmp_path / "without", "model_01", **on)
+    assert_identical_runs(a, b)
+    # augmented batches: another function of the images than the same run without augmentation
+    off = on | {"realtime_augmentation": False}
+    c = run_settings(stores, tmp_path / "plain", "model_01", **off)
+    assert [r["loss"] for r in c[1]] != [r["loss"] for r in a[1]]

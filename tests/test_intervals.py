@@ -59,7 +59,9 @@ def test_wilson_matches_the_formula_and_contains_the_estimate(k, n):
     assert (lower, upper) == pytest.approx(wilson_by_hand(k, n))
     assert lower <= k / n <= upper
     narrow = wilson_interval(k, n, confidence=0.5)
-    assert lower < narrow[0] <= k / n <= narrow[1] < upper or k == n
+    # a lower level narrows both ends, except the upper end at k == n, which stays at 1
+    assert lower < narrow[0] <= k / n <= narrow[1]
+    assert narrow[1] < upper if k < n else narrow[1] == upper == 1.0
 
 
 def test_wilson_edge_cases():

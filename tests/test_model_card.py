@@ -310,7 +310,13 @@ def test_rendered_card_holds_the_hand_computed_values():
         in data
     )
     assert "left out, by reason (`data/interim/selection_excluded.csv`): 7 not in protocol." in data
-    assert "Kermany et al" not in data or "children aged 1-5" in data
+    # the seed protocol's controls are Kermany's children: their line, with citation and licence
+    assert (
+        "\n- Non-COVID viral pneumonia: Kermany, Zhang & Goldbaum (2018), Labeled Optical"
+        " Coherence Tomography (OCT) and Chest X-Ray Images for Classification, Mendeley Data,"
+        " doi:10.17632/rscbjbr9sj.2; children aged 1-5, one hospital (Guangzhou); CC BY 4.0.\n"
+        in data
+    )
     assert "NIH ChestX-ray8" not in data
     within = section(card, "Within-source check: ieee8023 non-COVID adults")
     assert within.startswith(

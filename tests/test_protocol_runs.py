@@ -1,6 +1,7 @@
 """Protocols wired into the workflow (issue 13, items 3-6): the select script on a hand-made
-manifest, bad protocol configs refused at parse time, the comparison's cells, and one smoke run
-with both shipped protocols (``protocols=[seed,adult_controls]``)."""
+manifest, bad protocol configs refused at parse time, the comparison's cells, and the session's
+smoke run, which holds both shipped protocols (``protocols: [seed, adult_controls]``,
+tests/config/session.yaml)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from cxr.comparison import MEASURES, comparison_row
 from cxr.manifest import COLUMNS
 
-from .conftest import REPO, copy_checkout, snakemake
+from .conftest import REPO, copy_checkout
 
 DEFINITIONS = yaml.safe_load((REPO / "config.yaml").read_text())["protocol_definitions"]
 
@@ -222,14 +225,15 @@ def test_comparison_row_by_hand():
     assert (row["selected_non_covid"], row["selected_non_covid_unknown_age"]) == (4, 0)
 
 
-# --- one smoke run with both protocols ----------------------------------------------------
+# --- the session run: both protocols -------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def two_protocols(tmp_path_factory, mirror):
-    root = copy_checkout(tmp_path_factory.mktemp("protocols"))
-    snakemake(root, config=("protocols=[seed,adult_controls]",))
-    return root
+def two_protocols(smoke_run):
+    """The session run: both protocols in one DAG (tests/config/session.yaml)."""
+    config = yaml.safe_load((smoke_run / "tests/config/session.yaml").read_text())
+    assert config["protocols"] == ["seed", "adult_controls"]
+    return smoke_run
 
 
 def read_json(path):
@@ -270,6 +274,7 @@ def test_each_protocol_has_a_model_card_naming_its_controls(two_protocols):
     assert "Protocol **adult_controls**" in adult and "NIH ChestX-ray8" in adult
     assert "children aged 1-5" not in adult
     summary = read_json(two_protocols / "protocols/adult_controls/data/interim/selection.json")
+    assert {c["source"] for c in summary["counts"]} == {"ieee8023", "nih"}
     for c in summary["counts"]:
         row = f"| {c['source']} | {c['label']} | {c['age_group']} | {c['images']} |"
         assert row in adult
@@ -280,7 +285,10 @@ def test_each_protocol_has_a_model_card_naming_its_controls(two_protocols):
 def test_comparison_cells_equal_the_run_files(two_protocols):
     table = pd.read_csv(two_protocols / "reports/protocols/comparison.csv")
     assert table["protocol"].tolist() == ["seed", "adult_controls"]
-    assert (two_protocols / "reports/protocols/comparison.png").stat().st_size > 0
+    with Image.open(two_protocols / "reports/protocols/comparison.png") as im:
+        im.load()
+        assert im.format == "PNG" and min(im.size) > 100, im.size
+        assert np.asarray(im.convert("L")).std() > 5  # not a blank canvas
     markdown = (two_protocols / "reports/protocols/comparison.md").read_text()
     for row in table.to_dict("records"):
         run = two_protocols / ("" if row["protocol"] == "seed" else "protocols/adult_controls")

@@ -27,12 +27,14 @@ from cxr import dag
 
 from .conftest import MIRROR, REPO, WEIGHTS, copy_checkout
 
-# What the smoke run through SLURM builds; extend when the workflow grows (e.g. seeds).
-SMOKE_TARGETS = ("all",)
+# What the smoke run through SLURM builds: the smallest target whose jobs are of every kind
+# the test checks (downloads kept local; data, features and training rules sent to SLURM).
+# The rest of the DAG runs in the session run (tests/conftest.py smoke_run).
+SMOKE_TARGETS = ("models/model_01.keras",)
 # Rules the workflow keeps on the submitting machine (`localrules`): never sent to SLURM.
 LOCAL_RULES = {"acquire_covid", "acquire_kermany", "acquire_weights"}
 # Rules that must each become at least one SLURM job (plus every rule named train*).
-CLUSTER_RULES = {"manifest", "split", "augment", "preprocess"}
+CLUSTER_RULES = {"manifest", "select", "split", "augment", "preprocess", "features"}
 # Small test-only resources: the test node is one small machine (no cgroups: not enforced).
 TEST_MEM_MB = 1000
 TEST_RUNTIME_MIN = 30
@@ -315,7 +317,8 @@ def test_failing_job_is_reported_failed(tmp_path, slurm_cluster):
 
 @pytest.mark.e2e
 def test_smoke_workflow_through_slurm(tmp_path, mirror, slurm_cluster):
-    """The smoke workflow via profiles/slurm: every compute rule ran as a SLURM job."""
+    """The smoke workflow up to model_01 via profiles/slurm: every compute rule ran as a SLURM
+    job, the downloads locally."""
     work = copy_checkout(tmp_path)
     start = time.monotonic()
     proc = _snakemake(
@@ -342,9 +345,12 @@ def test_smoke_workflow_through_slurm(tmp_path, mirror, slurm_cluster):
         assert log.name == f"{jid}.log" and log.is_file(), log
     stats = out.split("Job stats:", 1)[1].split("\n\n", 1)[0]
     train_rules = set(re.findall(r"^(train\w*)\s+\d+", stats, re.M))
+    assert train_rules == {"train_model_01"}, stats
     assert CLUSTER_RULES | train_rules <= by_rule.keys(), (sorted(by_rule), out[-3000:])
     assert not LOCAL_RULES & by_rule.keys(), "download rules must run locally"
     states = _job_states(jobs)
     assert set(states.values()) == {"COMPLETED"}, states
-    assert (work / "data/store/train.npz").is_file()
+    assert (work / "data/store/train.npz").is_file() and (work / "models/model_01.keras").is_file()
+    # real-time augmentation off (smoke.yaml): the features job computed the cached features
+    assert "cache_features: block5_pool from" in (work / "logs/train_model_01.log").read_text()
     print(f"{len(jobs)} SLURM jobs {sorted(by_rule)} in {time.monotonic() - start:.0f} s")

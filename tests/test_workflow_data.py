@@ -13,7 +13,7 @@ from cxr.images import load_rgb
 from cxr.sources import file_hash
 from cxr.store import load_store
 
-from .conftest import copy_checkout, snakemake
+from .conftest import SESSION_OVERLAYS, copy_checkout, snakemake
 
 pytestmark = pytest.mark.e2e
 
@@ -77,7 +77,7 @@ def test_data_outputs_byte_identical_with_one_core(smoke_run, corpus_mirror, tmp
     # Same config and seed, --cores 1 instead of 2, another folder: the same bytes.
     work = copy_checkout(tmp_path)
     targets = ("data/store/train.npz", "data/store/val.npz", "data/store/test.npz")
-    snakemake(work, *targets, cores=1, mirror=corpus_mirror)
+    snakemake(work, *targets, cores=1, mirror=corpus_mirror, overlays=SESSION_OVERLAYS)
     rels = [
         "data/interim/manifest.csv", "data/interim/excluded.csv",
         "data/interim/near_duplicates.csv", "data/augmented/augmented.csv",

@@ -1,7 +1,10 @@
-"""End to end: the model rules of the smoke run (train x3, evaluate x4, report) on the real mirror.
+"""End to end: the model rules of the smoke run (features, train x3, evaluate x4, report) on the
+real mirror.
 
-Uses the session's ``smoke_run`` (tests/config/smoke.yaml: 64 px, 1 epoch a stage, batch 8).
-Expected file lists are written out here, not imported from the rules.
+Uses the session's ``smoke_run`` (tests/config/smoke.yaml: 64 px, 1 epoch a stage, batch 8,
+real-time augmentation off so every stage trains on cached features; both protocols, each run
+under its prefix). Expected file lists are written out here, not imported from the rules.
+The real-time augmentation path is tested on small stores in tests/test_feature_cache.py.
 """
 
 import json
@@ -18,6 +21,10 @@ from cxr.store import load_store
 from .conftest import WEIGHTS, copy_checkout, snakemake
 
 STAGES = ["model_01", "model_02", "model_03"]
+# The base layer whose cached outputs each stage trains on (its first trainable layer's input).
+CUTS = ["block5_pool", "block4_pool", "block3_pool"]
+# The session run's protocols: seed at the top level, adult_controls under its folder.
+RUNS = ["", "protocols/adult_controls/"]
 EVALUATIONS = [("model_01", "val"), ("model_02", "val"), ("model_03", "val"), ("model_03", "test")]
 FIGURES = [
     *(f"{s}_curves.png" for s in STAGES),
@@ -51,24 +58,52 @@ def test_dry_run_schedules_the_model_jobs(tmp_path):
 
 @pytest.mark.e2e
 def test_models_and_histories(smoke_run):
-    for stage in STAGES:
-        model = smoke_run / "models" / f"{stage}.keras"
-        assert model.stat().st_size > 50_000_000, stage  # VGG19 alone is 80 MB of float32
-        history = pd.read_csv(smoke_run / "reports/history" / f"{stage}.csv")
-        assert list(history.columns) == HISTORY_COLUMNS
-        assert history["epoch"].tolist() == [1]  # smoke: 1 epoch a stage
-        assert np.isfinite(history.drop(columns="epoch").to_numpy()).all()
-        assert 0 <= history["accuracy"].iloc[0] <= 1
-        log = (smoke_run / "logs" / f"train_{stage}.log").read_text()
-        assert "val_loss" in log and "Epoch 1" in log  # Keras' per-epoch progress lines
-        # real-time augmentation on (config.yaml): the feature cache is off, and says why
-        assert "cache_features: off (real-time augmentation on" in log, stage
-    assert not list((smoke_run / "models").glob("*.tmp*"))
-    for split in ("train", "val"):
-        meta = features_meta(smoke_run / "data/features" / f"{split}.npz")
-        assert meta["layers"] == {} and "realtime_augmentation is true" in meta["off"]
-    lr = pd.read_csv(smoke_run / "reports/history/model_03.csv")["learning_rate"].iloc[0]
-    assert 9.99e-5 < lr < 1e-4  # SGD 1e-4 with 1e-6 inverse time decay, a few steps in
+    for run in RUNS:
+        for stage, cut in zip(STAGES, CUTS, strict=True):
+            model = smoke_run / run / "models" / f"{stage}.keras"
+            assert model.stat().st_size > 50_000_000, stage  # VGG19 alone is 80 MB of float32
+            history = pd.read_csv(smoke_run / run / "reports/history" / f"{stage}.csv")
+            assert list(history.columns) == HISTORY_COLUMNS
+            assert history["epoch"].tolist() == [1]  # smoke: 1 epoch a stage
+            assert np.isfinite(history.drop(columns="epoch").to_numpy()).all()
+            assert 0 <= history["accuracy"].iloc[0] <= 1
+            log = (smoke_run / run / "logs" / f"train_{stage}.log").read_text()
+            assert "val_loss" in log and "Epoch 1" in log  # Keras' per-epoch progress lines
+            # real-time augmentation off (smoke.yaml): the stage trains on the features rule's
+            # file at its cut layer, and computes nothing itself
+            assert f"cache_features: {cut} from ['{run}data/features/train.npz'" in log, stage
+            assert "computed in" not in log, stage
+        assert not list((smoke_run / run / "models").glob("*.tmp*"))
+        lr = pd.read_csv(smoke_run / run / "reports/history/model_03.csv")["learning_rate"]
+        assert 9.99e-5 < lr.iloc[0] < 1e-4  # SGD 1e-4 with 1e-6 inverse time decay, a few steps in
+
+
+@pytest.mark.e2e
+def test_features_are_keras_vgg19_outputs(smoke_run):
+    """The features rule ran the ImageNet base once per image, for each protocol; the features
+    are checked against Keras' own VGG19 (keras.applications, the same weights file), not
+    against cxr's model code."""
+    log = (smoke_run / ".test-session.log").read_text()
+    stats = log.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    assert re.search(r"^features\s+2$", stats, flags=re.M), stats  # one job per protocol
+    keras = pytest.importorskip("keras")
+    shapes = dict(zip(CUTS[::-1], [(8, 8, 256), (4, 4, 512), (2, 2, 512)], strict=True))
+    vgg = keras.applications.VGG19(weights=str(WEIGHTS), include_top=False, input_shape=(64, 64, 3))
+    reference = keras.Model(vgg.input, [vgg.get_layer(name).output for name in shapes])
+    for run in RUNS:
+        for split in ("train", "val"):
+            store = load_store(smoke_run / run / "data/store" / f"{split}.npz")
+            path = smoke_run / run / "data/features" / f"{split}.npz"
+            assert features_meta(path)["off"] is None
+            expected = reference.predict(
+                keras.applications.vgg19.preprocess_input(store["images"].astype("float32")),
+                verbose=0,
+            )
+            with np.load(path, allow_pickle=False) as f:
+                np.testing.assert_array_equal(f["labels"], store["labels"])
+                for (name, shape), want in zip(shapes.items(), expected, strict=True):
+                    assert f[name].shape == (len(store["labels"]), *shape), name
+                    np.testing.assert_allclose(f[name], want, rtol=1e-4, atol=1e-3, err_msg=name)
 
 
 @pytest.mark.e2e
@@ -114,44 +149,3 @@ def test_figures_are_real_pngs(smoke_run):
 @pytest.mark.e2e
 def test_second_dry_run_has_nothing_to_do(smoke_run):
     assert "Nothing to be done" in snakemake(smoke_run, "-n").stdout
-
-
-@pytest.mark.e2e
-def test_feature_cache_run(tmp_path):
-    """Real-time augmentation off: the features rule runs the ImageNet base once per image and
-    every stage trains on the file's cut layer. The features are checked against Keras' own
-    VGG19 (keras.applications, the same weights file), not against cxr's model code."""
-    workdir = copy_checkout(tmp_path)
-    (workdir / "noaug.yaml").write_text("train:\n  realtime_augmentation: false\n")
-    out = snakemake(
-        workdir,
-        "models/model_03.keras",
-        "--configfile",
-        "tests/config/smoke.yaml",
-        "noaug.yaml",
-        smoke=False,
-    ).stdout
-    assert re.search(r"^features\s+1$", out, flags=re.M), out
-    keras = pytest.importorskip("keras")
-    shapes = {"block3_pool": (8, 8, 256), "block4_pool": (4, 4, 512), "block5_pool": (2, 2, 512)}
-    vgg = keras.applications.VGG19(weights=str(WEIGHTS), include_top=False, input_shape=(64, 64, 3))
-    reference = keras.Model(vgg.input, [vgg.get_layer(name).output for name in shapes])
-    for split in ("train", "val"):
-        store = load_store(workdir / "data/store" / f"{split}.npz")
-        path = workdir / "data/features" / f"{split}.npz"
-        assert features_meta(path)["off"] is None
-        expected = reference.predict(
-            keras.applications.vgg19.preprocess_input(store["images"].astype("float32")),
-            verbose=0,
-        )
-        with np.load(path, allow_pickle=False) as f:
-            np.testing.assert_array_equal(f["labels"], store["labels"])
-            for (name, shape), want in zip(shapes.items(), expected, strict=True):
-                assert f[name].shape == (len(store["labels"]), *shape), name
-                np.testing.assert_allclose(f[name], want, rtol=1e-4, atol=1e-3, err_msg=name)
-    for stage, cut in zip(STAGES, ["block5_pool", "block4_pool", "block3_pool"], strict=True):
-        log = (workdir / "logs" / f"train_{stage}.log").read_text()
-        assert f"cache_features: {cut} from ['data/features/train.npz'" in log, stage
-        assert "computed in" not in log, stage  # nothing recomputed in the training job
-        history = pd.read_csv(workdir / "reports/history" / f"{stage}.csv")
-        assert history["epoch"].tolist() == [1] and np.isfinite(history["val_loss"]).all()
