@@ -63,6 +63,7 @@ rule evaluate_ieee8023_viral:
             *BOOTSTRAP,
             "evaluate.calibration_bins",
             "report.dpi",
+            "runtime.precision",
         ),
     message:
         "Scoring ieee8023 adult non-COVID viral pneumonia with model_03"
@@ -110,6 +111,7 @@ rule evaluate_ieee8023_adult:
             *BOOTSTRAP,
             "evaluate.calibration_bins",
             "report.dpi",
+            "runtime.precision",
         ),
     message:
         "Within-source check: model_03 on ieee8023 non-COVID adults"
@@ -151,6 +153,7 @@ rule evaluate_external:
             *BOOTSTRAP,
             "evaluate.calibration_bins",
             "report.dpi",
+            "runtime.precision",
         ),
     message:
         "Scoring the external test set with model_03"

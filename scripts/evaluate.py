@@ -4,12 +4,15 @@ Entry point shared by Snakemake and DVC; options named like the config keys (sec
 ``evaluate``). Loads the model once, predicts ``p_covid`` (softmax column 1) for every store
 row, and writes only its output paths (via temporary names): --metrics (scores with Wilson
 intervals, ROC AUC with a patient-clustered bootstrap interval, calibration;
-:func:`cxr.metrics.evaluation_summary`), --predictions, and the plot tables --roc, --pr,
+:func:`cxr.metrics.evaluation_summary`; the precision the model was trained and scored in),
+--predictions, and the plot tables --roc, --pr,
 --calibration (CSV).
 """
 
 import argparse
 from pathlib import Path
+
+from cxr.runtime import PRECISION_OPTION
 
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--model", required=True, help="trained model (.keras)")
@@ -25,14 +28,17 @@ p.add_argument("--bootstrap_seed", type=int, required=True)
 p.add_argument("--confidence", type=float, required=True, help="interval level, e.g. 0.95")
 p.add_argument("--calibration_bins", type=int, required=True, help="equal-width p_covid bins")
 p.add_argument("--threads", type=int, default=1)
+p.add_argument("--precision", **PRECISION_OPTION)
 a = p.parse_args()
 
-from cxr.runtime import configure_threads  # noqa: E402
+from cxr.runtime import apply_precision, configure_threads  # noqa: E402
 
 configure_threads(a.threads)
+precision = apply_precision(a.precision)
 
 import numpy as np  # noqa: E402
 
+from cxr.io import saved_precision  # noqa: E402
 from cxr.metrics import (  # noqa: E402
     evaluation_summary,
     format_interval,
@@ -54,7 +60,12 @@ if tuple(model.input_shape[1:]) != store["images"].shape[1:]:
     )
 probs = model.predict(store["images"], batch_size=a.batch_size, verbose=2)
 p_covid = np.clip(probs[:, 1].astype(float), 0.0, 1.0)
-metrics = {"model": Path(a.model).stem, "split": Path(a.store).stem}
+metrics = {
+    "model": Path(a.model).stem,
+    "split": Path(a.store).stem,
+    # The dtype policy the model was trained in (recorded in its file) and scored in here.
+    "precision": {"trained": saved_precision(a.model), "scored": precision},
+}
 metrics.update(
     evaluation_summary(
         store["labels"],

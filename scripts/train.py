@@ -22,6 +22,7 @@ import os
 import sys
 
 from cxr.cli import boolean, optional
+from cxr.runtime import PRECISION_OPTION
 
 
 def frozen(text: str) -> int | str:
@@ -96,14 +97,16 @@ p.add_argument(
     help="feature caches of the features rule (scripts/features.py) for --cache_features;"
     " default, or when they do not fit this stage: computed here",
 )
+p.add_argument("--precision", **PRECISION_OPTION)
 a = p.parse_args()
 # One line at a time into the log, so a killed job's log shows how far it got.
 sys.stdout.reconfigure(line_buffering=True)
 
 # Thread pools first: TensorFlow fixes them when its runtime starts.
-from cxr.runtime import configure_threads  # noqa: E402
+from cxr.runtime import apply_precision, configure_threads  # noqa: E402
 
 configure_threads(a.threads)
+a.precision = apply_precision(a.precision)
 
 import tensorflow as tf  # noqa: E402
 
