@@ -122,11 +122,12 @@ def backup_dir_for(model_path) -> Path:
 
 def training_fingerprint(settings: dict, files: dict) -> str:
     """sha256 (hex) naming one training run: its settings and its input files' contents.
+    The backup's own fingerprint adds the precision and thread count (:func:`run_fingerprint`).
 
     Parameters
     ----------
-    settings : JSON-serialisable dict of everything that changes the result (seed, batch
-        size, epochs, optimiser, ...); not threads or devices.
+    settings : JSON-serialisable dict of everything that changes what is trained (seed, batch
+        size, epochs, optimiser, ...); not the precision, threads or devices.
     files : ``{role: path or None}`` of the inputs (stores, starting weights or model).
 
     Raises

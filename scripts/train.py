@@ -7,7 +7,9 @@ its config key (config.yaml, section ``train`` and ``train.model_0N``). Writes -
 (the VGG19 ImageNet notop .h5), later stages from --init (the previous stage's .keras).
 
 Killed at any point (``kill -9``, a SLURM time limit or preemption), the same command run
-again resumes after the last completed epoch (``cxr.train.train_stage``). Trains on every GPU
+again resumes after the last completed epoch (``cxr.train.train_stage``); with another
+--precision (config ``runtime.precision``, ``auto`` resolved and logged here) or --threads it
+refuses, naming both. Trains on every GPU
 it sees (``--devices auto``): several -> ``MirroredStrategy``, the global --batch_size split
 evenly over them.
 
