@@ -182,14 +182,17 @@ def gradcam(
             x = conv
             for lay in base_layers[k + 1 :] + after[:-1]:
                 x = lay(x, training=False)
-            logits = tf.matmul(x, last.kernel) + last.bias
+            # The output layer is float32 under every precision (cxr.model.build_model).
+            logits = tf.matmul(tf.cast(x, last.kernel.dtype), last.kernel) + last.bias
             chosen = (
                 tf.argmax(logits, axis=1)
                 if class_index is None
                 else tf.fill([tf.shape(logits)[0]], tf.cast(class_index, tf.int64))
             )
             score = tf.reduce_sum(tf.gather(logits, chosen, axis=1, batch_dims=1))
-        grads = tape.gradient(score, conv)
+        # float32 maps also when the network computes in 16 bits (runtime.precision).
+        grads = tf.cast(tape.gradient(score, conv), tf.float32)
+        conv = tf.cast(conv, tf.float32)
         alpha = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(alpha * conv, axis=-1))
         cam = tf.image.resize(cam[..., None], images.shape[1:3], method="bilinear")[..., 0]

@@ -15,7 +15,7 @@ crash the rename may be lost, which leaves the previous file, not a broken one. 
 one flush per output file, small next to producing any of them.
 
 A ``.keras`` model is saved by :func:`save_keras` only, which also makes the file's bytes a
-function of the model alone (see there).
+function of the model alone, and a float32 model whatever precision it ran in (see there).
 
 Input CSV files (a user's external test table, the upstream metadata of ieee8023 and NIH) are
 read by :func:`read_input_csv` only: as UTF-8, a leading byte-order mark allowed, and
@@ -267,27 +267,68 @@ def _renumber_shared_ids(config: bytes) -> bytes:
     return _SHARED_ID.sub(number, config)
 
 
-def _drop_date_saved(metadata: bytes) -> bytes:
-    """``metadata.json`` without ``date_saved`` (the save time; Keras does not read it)."""
+#: A mixed dtype policy in a saved config.json (Keras 3 ``DTypePolicy`` serialisation).
+_MIXED_POLICY = re.compile(rb'("class_name": "DTypePolicy", "config": \{"name": ")mixed_b?float16"')
+#: The dtype of a tensor that a mixed-precision layer outputs, in a node of a saved config.
+_HALF_TENSOR = re.compile(rb'"dtype": "b?float16", "keras_history"')
+
+
+def _float32_policies(config: bytes) -> bytes:
+    """config.json with every mixed dtype policy (``mixed_bfloat16``, ``mixed_float16``) made
+    ``float32``, and the 16-bit tensors between layers float32: the config of the same model
+    built under ``float32`` (its variables are float32 under every policy)."""
+    config = _MIXED_POLICY.sub(rb'\1float32"', config)
+    return _HALF_TENSOR.sub(b'"dtype": "float32", "keras_history"', config)
+
+
+#: Key of ``metadata.json`` recording the dtype policy a saved model ran in (Keras ignores it).
+PRECISION_KEY = "cxr_precision"
+
+
+def _drop_date_saved(metadata: bytes, precision: str | None = None) -> bytes:
+    """``metadata.json`` without ``date_saved`` (the save time; Keras does not read it), with
+    :data:`PRECISION_KEY` set to ``precision`` when given."""
     record = json.loads(metadata)
     record.pop("date_saved", None)
+    if precision is not None:
+        record[PRECISION_KEY] = precision
     return json.dumps(record).encode()
 
 
-def normalise_keras(source, path) -> None:
+def saved_precision(path) -> str:
+    """The dtype policy a ``.keras`` file's model ran in when :func:`save_keras` saved it
+    (e.g. the precision it was trained in): :data:`PRECISION_KEY` of its ``metadata.json``;
+    ``"float32"`` for files saved before it was recorded (always float32 then).
+
+    Raises
+    ------
+    OSError, zipfile.BadZipFile, KeyError
+        If ``path`` cannot be read, is not a zip, or lacks ``metadata.json``.
+    """
+    with zipfile.ZipFile(path) as z:
+        return json.loads(z.read("metadata.json")).get(PRECISION_KEY, "float32")
+
+
+def normalise_keras(source, path, precision: str | None = None) -> None:
     """Copy a Keras ``.keras`` zip from ``source`` to ``path`` with its run-dependent bytes
     made fixed: ``shared_object_id`` values renumbered in order of appearance
     (config.json), no ``date_saved`` (metadata.json), every entry's time :data:`ZIP_TIME`.
-    Entry names, order and compression are kept; the weights entry is copied unchanged."""
+    Entry names, order and compression are kept; the weights entry is copied unchanged.
+    With ``precision`` (a dtype-policy name), config.json's policies are made float32
+    (:func:`_float32_policies`) and metadata.json records ``precision``
+    (:data:`PRECISION_KEY`)."""
     with zipfile.ZipFile(source) as src, zipfile.ZipFile(path, "w") as dst:
         for info in src.infolist():
             entry = zipfile.ZipInfo(info.filename, date_time=ZIP_TIME)
             entry.compress_type = info.compress_type
             entry.external_attr = info.external_attr
             if info.filename == "config.json":
-                dst.writestr(entry, _renumber_shared_ids(src.read(info)))
+                config = _renumber_shared_ids(src.read(info))
+                if precision is not None:
+                    config = _float32_policies(config)
+                dst.writestr(entry, config)
             elif info.filename == "metadata.json":
-                dst.writestr(entry, _drop_date_saved(src.read(info)))
+                dst.writestr(entry, _drop_date_saved(src.read(info), precision))
             else:
                 big = info.file_size >= zipfile.ZIP64_LIMIT
                 with src.open(info) as f, dst.open(entry, "w", force_zip64=big) as g:
@@ -301,6 +342,12 @@ def save_keras(model, path) -> None:
     checksum (DVC's md5) compares models. The file loads with ``keras.saving.load_model``
     as Keras' own does.
 
+    Precision: the file is the float32 model (its layers' dtype policies set to ``float32``:
+    plain ``keras.models.load_model`` gives a model that computes in float32, whatever policy
+    ``model`` ran in); the policy it ran in, ``model.dtype_policy.name`` (e.g.
+    ``mixed_bfloat16`` when trained so), is recorded in ``metadata.json``
+    (:func:`saved_precision`).
+
     Raises
     ------
     ValueError
@@ -313,6 +360,6 @@ def save_keras(model, path) -> None:
     with atomic_path(path) as tmp:
         try:
             model.save(raw)
-            normalise_keras(raw, tmp)
+            normalise_keras(raw, tmp, precision=model.dtype_policy.name)
         finally:
             raw.unlink(missing_ok=True)

@@ -162,7 +162,11 @@ def build_model(
     x = keras.layers.Dropout(dropout[0], name=HEAD_NAMES[3])(x)
     x = keras.layers.Dense(dense_units[1], activation="relu", name=HEAD_NAMES[4])(x)
     x = keras.layers.Dropout(dropout[1], name=HEAD_NAMES[5])(x)
-    outputs = keras.layers.Dense(len(CLASSES), activation="softmax", name=OUTPUT_NAME)(x)
+    # float32 under every precision policy: the softmax, the loss and the metrics (Keras
+    # mixed-precision guide: "the last layer ... float32").
+    outputs = keras.layers.Dense(
+        len(CLASSES), activation="softmax", name=OUTPUT_NAME, dtype="float32"
+    )(x)
     model = keras.Model(inputs, outputs, name="cxr_vgg19")
     set_frozen(model, "all")
     return model
@@ -335,9 +339,73 @@ def load_model(path) -> keras.Model:
         raise FileNotFoundError(f"no model at {path}")
     if Path(path).suffix != ".keras" or not zipfile.is_zipfile(path):
         raise ValueError(f"{path} is not a Keras 3 .keras model file")
-    return keras.models.load_model(
+    model = keras.models.load_model(
         path, custom_objects=CUSTOM_OBJECTS, compile=False, safe_mode=True
     )
+    return with_policy(model, keras.config.dtype_policy().name)
+
+
+def with_policy(model: keras.Model, policy: str) -> keras.Model:
+    """``model`` computing in the dtype policy ``policy``, its output layer in float32.
+
+    A saved model is float32 (:func:`cxr.io.save_keras`); :func:`load_model` calls this with
+    the global policy (:func:`cxr.runtime.apply_precision`), so a model loaded under
+    ``mixed_bfloat16`` runs as one built under it. Rebuilds the model from its config with
+    every layer's policy but :data:`OUTPUT_NAME`'s set to ``policy``, then copies every
+    variable (weights, batch-norm statistics, dropout seed states; float32 under any policy).
+
+    Returns
+    -------
+    keras.Model, ``model`` itself when its layers already have those policies.
+
+    Raises
+    ------
+    ValueError
+        If ``policy`` is not a Keras dtype policy (from Keras).
+    """
+    want = keras.DTypePolicy(policy).name
+    if all(
+        layer.dtype_policy.name == ("float32" if layer.name == OUTPUT_NAME else want)
+        for layer in _leaf_layers(model)
+    ):
+        return model
+    config = keras.saving.serialize_keras_object(model)
+    _set_policies(config, keras.saving.serialize_keras_object(keras.DTypePolicy(want)))
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(want)  # the nested models' own policy
+    try:
+        rebuilt = keras.saving.deserialize_keras_object(config, custom_objects=CUSTOM_OBJECTS)
+    finally:
+        keras.config.set_dtype_policy(before)
+    for new, old in zip(rebuilt.variables, model.variables, strict=True):
+        new.assign(old)
+    return rebuilt
+
+
+def _leaf_layers(model: keras.Model) -> list:
+    """The layers of ``model`` and of the models nested in it, without input layers."""
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            out += _leaf_layers(layer)
+        elif not isinstance(layer, keras.layers.InputLayer):
+            out.append(layer)
+    return out
+
+
+def _set_policies(config, policy: dict) -> None:
+    """Set, in place, the ``dtype`` of every layer config in ``config`` (a serialised model)
+    to ``policy``, except that of the layer :data:`OUTPUT_NAME` (float32)."""
+    if isinstance(config, list):
+        for item in config:
+            _set_policies(item, policy)
+    elif isinstance(config, dict):
+        dtype = config.get("dtype")
+        if isinstance(dtype, dict) and dtype.get("class_name") == "DTypePolicy":
+            if config.get("name") != OUTPUT_NAME:
+                config["dtype"] = dict(policy)
+        for value in config.values():
+            _set_policies(value, policy)
 
 
 #: Base layers whose outputs the feature cache holds: the inputs of the trainable part in
@@ -377,13 +445,17 @@ def cut_layer(model: keras.Model, frozen_layers: int | str) -> str | None:
 
 def frozen_digest(model: keras.Model, frozen_layers: int | str) -> str:
     """sha256 (hex) of the weights of the frozen part (``base.layers[:n]``): names, shapes,
-    dtypes and bytes. Cached features are valid for a model exactly when this matches."""
+    dtypes and bytes, and, under a precision other than float32, the layers' dtype policy
+    (features computed in bfloat16 differ; float32 digests are those of earlier versions).
+    Cached features are valid for a model exactly when this matches."""
     import hashlib
 
     import numpy as np
 
     digest = hashlib.sha256()
     for layer in base_of(model).layers[: frozen_count(model, frozen_layers)]:
+        if layer.dtype_policy.name != "float32":
+            digest.update(f"{layer.name}:{layer.dtype_policy.name};".encode())
         for w in layer.weights:
             a = np.ascontiguousarray(w.numpy())
             digest.update(f"{layer.name}/{w.name}:{a.shape}:{a.dtype};".encode())

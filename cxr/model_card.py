@@ -153,7 +153,8 @@ def interval_rows(intervals: dict) -> list[list[str]]:
 
 def metrics_context(metrics: dict[str, dict]) -> dict:
     """Section Metrics: the test table (intervals, calibration error, Brier score) and one
-    validation row per other evaluation, in the order given; ``level`` e.g. ``"95%"``."""
+    validation row per other evaluation, in the order given; ``level`` e.g. ``"95%"``; the
+    precision model_03 was trained and scored in (its test metrics' ``precision``)."""
     test = metrics["model_03_test"]
     cal = test["calibration"]
     test_rows = interval_rows(test["intervals"])
@@ -165,10 +166,14 @@ def metrics_context(metrics: dict[str, dict]) -> dict:
         for name, m in metrics.items()
         if name != "model_03_test"
     ]
+    # Older metrics files lack the precision: those models were float32 throughout.
+    precision = test.get("precision", {"trained": "float32", "scored": "float32"})
     return {
         "level": f"{test.get('confidence', 0.95):.0%}",
         "test_rows": test_rows,
         "validation_rows": validation_rows,
+        "precision_trained": precision["trained"],
+        "precision_scored": precision["scored"],
     }
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr import CLASSES
+from cxr.runtime import PRECISION_OPTION, apply_precision
 
 OVERLAY_SUFFIX = ".gradcam.png"
 
@@ -164,6 +165,7 @@ def main(argv=None) -> int:
     p.add_argument("--gradcam", action="store_true", help="write <name>.gradcam.png beside each")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--threads", type=int, default=None, help="TensorFlow threads (default: all)")
+    p.add_argument("--precision", **PRECISION_OPTION)
     a = p.parse_args(argv)
     if not Path(a.model).is_file():
         p.error(f"no model file at {a.model}")
@@ -177,6 +179,7 @@ def main(argv=None) -> int:
         from cxr.runtime import configure_threads
 
         configure_threads(a.threads)
+    apply_precision(a.precision, stream=sys.stderr)
     from cxr.model import load_model
 
     model = load_model(a.model)

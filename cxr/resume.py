@@ -10,6 +10,14 @@ same arguments continues after the last committed epoch and ends as an uninterru
 would: same epochs, same history rows, same weights. Different arguments or inputs (a
 fingerprint of both, :func:`training_fingerprint`) discard the backup and start afresh.
 
+The precision policy and the thread count change the rounding, so a resumed run must keep
+those it started with: they are in the backup's fingerprint (:func:`run_fingerprint`) and
+recorded beside it, and a rerun of the same settings and inputs in another precision or with
+another thread count is refused (:class:`RuntimeMismatch`) rather than resumed or silently
+restarted. Backups written before they were recorded (no ``runtime`` in ``state.json``; the
+fingerprint is then that of the settings and inputs alone, as before) were float32: a float32
+run resumes them, a mixed-precision one refuses.
+
 References
 ----------
 - Keras ``EarlyStopping``, ``ModelCheckpoint``, ``BackupAndRestore`` (whose role
@@ -114,11 +122,12 @@ def backup_dir_for(model_path) -> Path:
 
 def training_fingerprint(settings: dict, files: dict) -> str:
     """sha256 (hex) naming one training run: its settings and its input files' contents.
+    The backup's own fingerprint adds the precision and thread count (:func:`run_fingerprint`).
 
     Parameters
     ----------
-    settings : JSON-serialisable dict of everything that changes the result (seed, batch
-        size, epochs, optimiser, ...); not threads or devices.
+    settings : JSON-serialisable dict of everything that changes what is trained (seed, batch
+        size, epochs, optimiser, ...); not the precision, threads or devices.
     files : ``{role: path or None}`` of the inputs (stores, starting weights or model).
 
     Raises
@@ -131,6 +140,28 @@ def training_fingerprint(settings: dict, files: dict) -> str:
     named = {role: None if path is None else file_hash(path) for role, path in files.items()}
     text = json.dumps({"settings": settings, "files": named}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_fingerprint(fingerprint: str, runtime: dict | None) -> str:
+    """The backup's fingerprint: :func:`training_fingerprint` ``fingerprint`` of the settings
+    and inputs, combined with ``runtime`` (``{"precision", "threads"}``) as sha256 (hex) of
+    both; ``runtime`` None gives ``fingerprint`` itself (backups written before the runtime
+    was recorded).
+
+    Raises
+    ------
+    TypeError
+        If ``runtime`` is not JSON-serialisable.
+    """
+    if runtime is None:
+        return fingerprint
+    text = json.dumps({"fingerprint": fingerprint, "runtime": runtime}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class RuntimeMismatch(ValueError):
+    """A backup of the same settings and inputs trained in another precision or thread count:
+    resuming it would not give the run it started, and discarding it would lose its epochs."""
 
 
 def state_variables(model: keras.Model) -> list:
@@ -188,7 +219,7 @@ class StageBackup:
       completed), ``"rows"`` (history rows), ``"variables"`` (file name), ``"best"``
       (``{"file", "epoch", "value"}`` of the best checkpoint so far, or null),
       ``"early_stopping"`` (its counters, or null), ``"stopped"`` (EarlyStopping ended the
-      run)``}``.
+      run), ``"runtime"`` (``{"precision", "threads"}``; absent in older backups)``}``.
     - ``variables-NNN.npz``: :func:`save_variables` after epoch NNN.
     - ``best-NNN.keras``: the model after epoch NNN, the best so far by the checkpoint
       monitor (the stage's output model once training ends).
@@ -200,19 +231,31 @@ class StageBackup:
     Parameters
     ----------
     directory : path of the folder (created on the first commit).
-    fingerprint : :func:`training_fingerprint` of the run; a backup with another is stale.
+    fingerprint : :func:`training_fingerprint` of the run's settings and inputs.
+    runtime : ``{"precision": policy, "threads": n}`` of the run, or None. The folder's
+        fingerprint is :func:`run_fingerprint` of both; ``runtime`` is committed with it.
+        A backup of another fingerprint is stale (discarded), unless it differs only in
+        ``runtime``: then :meth:`load` raises :class:`RuntimeMismatch`.
     """
 
     STATE = "state.json"
 
-    def __init__(self, directory, fingerprint: str):
+    def __init__(self, directory, fingerprint: str, runtime: dict | None = None):
         self.directory = Path(directory)
-        self.fingerprint = fingerprint
+        self.settings_fingerprint = fingerprint
+        self.runtime = runtime
+        self.fingerprint = run_fingerprint(fingerprint, runtime)
 
     def load(self) -> dict | None:
         """The committed state, or None (no backup, or a stale or broken one, then removed).
 
         Prints why a backup is not used. Deletes leftover files of an uncommitted epoch.
+
+        Raises
+        ------
+        RuntimeMismatch
+            If the backup is of the same settings and inputs in another precision or thread
+            count (see the class docstring); the folder is left as it is.
         """
         path = self.directory / self.STATE
         if not path.is_file():
@@ -221,11 +264,20 @@ class StageBackup:
         try:
             state = json.loads(path.read_text())
             stale = state["version"] != BACKUP_VERSION or state["fingerprint"] != self.fingerprint
+            theirs = state.get("runtime")
+            other_runtime = stale and (
+                state["version"] == BACKUP_VERSION
+                and state["fingerprint"] == run_fingerprint(self.settings_fingerprint, theirs)
+            )
             keep = self._files(state)
         except (OSError, ValueError, TypeError, KeyError) as err:
             print(f"backup {path} unreadable ({err!r}): starting afresh", flush=True)
             self.clear()
             return None
+        if other_runtime:
+            self._check_runtime(theirs)
+            print(f"backup in {self.directory} predates the recorded precision: float32, resumed")
+            stale = False
         if stale:
             print(f"backup in {self.directory} is of other settings or inputs: starting afresh")
             self.clear()
@@ -238,19 +290,43 @@ class StageBackup:
         self._prune(keep)
         return state
 
+    def _check_runtime(self, theirs: dict | None) -> None:
+        """Raise :class:`RuntimeMismatch` unless a backup of runtime ``theirs`` may be resumed
+        by this run: only a backup without a recorded runtime (float32, from before) by a
+        float32 run."""
+        mine = self.runtime or {}
+        if theirs is None and mine.get("precision", "float32") == "float32":
+            return
+        was = theirs or {"precision": "float32", "threads": "unrecorded"}
+
+        def say(r):
+            return f"precision {r.get('precision')}, {r.get('threads')} threads"
+
+        raise RuntimeMismatch(
+            f"{self.directory}: this stage was started with {say(was)} and is now run with"
+            f" {say(mine)}. A stopped run resumes only in the precision and thread count it"
+            " started with (they change the rounding, so the result would be neither run)."
+            f" Rerun with precision {was.get('precision')} (config runtime.precision, option"
+            " --precision) and the same threads to resume, or delete"
+            f" {self.directory} to start this stage afresh."
+        )
+
     def commit(self, model: keras.Model, state: dict, save_best: bool) -> dict:
         """Save the model after epoch ``state["epoch"]`` and commit ``state``; returns it.
 
         Parameters
         ----------
         model : the model being trained (compiled).
-        state : the new state without ``version``, ``fingerprint``, ``variables`` (set here);
+        state : the new state without ``version``, ``fingerprint``, ``runtime``,
+            ``variables`` (set here);
             when ``save_best``, its ``best`` names the epoch and value, and the file is set here.
         save_best : also save the model as the new best checkpoint.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
         epoch = state["epoch"]
         state = {**state, "version": BACKUP_VERSION, "fingerprint": self.fingerprint}
+        if self.runtime is not None:
+            state["runtime"] = self.runtime
         if save_best:
             best = self.directory / f"best-{epoch:03d}.keras"
             save_keras(model, best)

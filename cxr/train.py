@@ -42,7 +42,7 @@ from cxr.resume import (
     training_fingerprint,
     write_history,
 )
-from cxr.runtime import describe_strategy, make_strategy, replica_batch_size
+from cxr.runtime import PRECISIONS, describe_strategy, make_strategy, replica_batch_size
 
 
 def head_of(model: keras.Model) -> tuple[tuple[int, int], tuple[float, float]]:
@@ -106,6 +106,9 @@ def start_model(
 #: Metadata of the :class:`TrainSettings` fields that do not change the result (left out of
 #: the resume fingerprint).
 RUNTIME = {"runtime": True}
+#: Metadata of the fields that change the rounding but not what is trained: kept apart from
+#: the settings' fingerprint, a resumed run must have the same (:meth:`TrainSettings.runtime`).
+RESUME = {"runtime": True, "resume": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +135,13 @@ class TrainSettings:
         its outputs (:mod:`cxr.features`). Same function, same dropout streams; equal to
         full-model training within float rounding (tests/test_feature_cache.py). Ignored (with
         a note) when real-time augmentation is on or nothing is frozen.
-    threads : threads preparing (augmenting) training batches. Not in the fingerprint.
+    precision : Keras dtype policy to train in (``float32``, ``mixed_bfloat16``,
+        ``mixed_float16``; ``auto`` is resolved before, by :func:`cxr.runtime.apply_precision`).
+        :func:`train_stage` sets it as the global policy. With ``threads``, the run's runtime
+        (:meth:`runtime`): in the resume fingerprint, and a backup of another runtime is
+        refused (:class:`cxr.resume.RuntimeMismatch`).
+    threads : TensorFlow's thread pools (set by ``scripts/train.py``) and the threads preparing
+        (augmenting) training batches.
     devices : ``"auto"`` or device names, see :func:`cxr.runtime.make_strategy`. Not in the
         fingerprint.
     verbose : Keras ``fit`` verbosity (1 progress bar, 2 one line per epoch). Not in the
@@ -155,7 +164,8 @@ class TrainSettings:
     momentum: float = 0.0
     nesterov: bool = False
     cache_features: bool = False
-    threads: int = dataclasses.field(default=1, metadata=RUNTIME)
+    precision: str = dataclasses.field(default="float32", metadata=RESUME)
+    threads: int = dataclasses.field(default=1, metadata=RESUME)
     devices: str | tuple[str, ...] = dataclasses.field(default="auto", metadata=RUNTIME)
     verbose: int = dataclasses.field(default=2, metadata=RUNTIME)
 
@@ -165,6 +175,11 @@ class TrainSettings:
         object.__setattr__(self, "dropout", tuple(self.dropout))
         if not isinstance(self.devices, str):
             object.__setattr__(self, "devices", tuple(self.devices))
+        if self.precision not in PRECISIONS or self.precision == "auto":
+            raise ValueError(
+                f"precision must be one of {PRECISIONS[:-1]} (resolve 'auto' with"
+                f" cxr.runtime.apply_precision), got {self.precision!r}"
+            )
 
     @classmethod
     def from_args(cls, args) -> TrainSettings:
@@ -172,6 +187,15 @@ class TrainSettings:
         the namespace has an attribute for; the others keep their defaults."""
         names = [f.name for f in dataclasses.fields(cls) if hasattr(args, f.name)]
         return cls(**{name: getattr(args, name) for name in names})
+
+    def runtime(self) -> dict:
+        """``{"precision", "threads"}``: what a resumed run must keep
+        (:class:`cxr.resume.StageBackup`)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if "resume" in f.metadata
+        }
 
     def use_cache(self) -> bool:
         """Whether this stage trains on cached features (the cache is on and something is
@@ -359,7 +383,8 @@ def train_stage(
     ValueError
         Bad settings (see the functions above), a class missing from training, or a batch
         that does not split evenly over the replicas
-        (:func:`cxr.runtime.replica_batch_size`).
+        (:func:`cxr.runtime.replica_batch_size`); :class:`cxr.resume.RuntimeMismatch` if the
+        backup is of another precision or thread count (the backup is kept).
     RuntimeError
         If no checkpoint was written (``checkpoint_monitor`` was never finite).
     """
@@ -369,6 +394,8 @@ def train_stage(
     # Fresh Keras state: layer names (in the saved file) do not depend on models built
     # before in this process (a no-op in a fresh process, as under Snakemake or DVC).
     keras.backend.clear_session()
+    keras.config.set_dtype_policy(s.precision)
+    print(f"precision: {s.precision}, threads: {s.threads}")
     strategy = make_strategy(s.devices)
     keras.utils.set_random_seed(s.seed)
     train, val = _load_stores(train_store, val_store, s, strategy)
@@ -380,7 +407,7 @@ def train_stage(
         print("cache_features: off (real-time augmentation on, or nothing frozen)")
     files = {"train": train_store, "val": val_store, "pretrained": pretrained, "init": init}
     fingerprint = training_fingerprint(s.fingerprinted(), files)
-    backup = StageBackup(backup_dir_for(model_path), fingerprint)
+    backup = StageBackup(backup_dir_for(model_path), fingerprint, s.runtime())
     state, finished = _resume_state(backup, s.epochs)
     if not finished:
         with strategy.scope():

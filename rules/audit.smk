@@ -52,6 +52,7 @@ rule gradcam:
             "audit.lung_box",
             "evaluate.batch_size",
             "report.dpi",
+            "runtime.precision",
         ),
     message:
         "Grad-CAM of model_03 on the test split"
@@ -104,7 +105,9 @@ rule audit_masked:
         mem_mb=4000,
         runtime=20,
     params:
-        options=config_params("audit.lung_box", "evaluate.batch_size", *BOOTSTRAP),
+        options=config_params(
+            "audit.lung_box", "evaluate.batch_size", *BOOTSTRAP, "runtime.precision"
+        ),
     message:
         "Shortcut audit: model_03 with the lungs masked"
     shell:

@@ -46,7 +46,10 @@ rule evaluate:
         runtime=30,
     params:
         options=config_params(
-            "evaluate.batch_size", *BOOTSTRAP, "evaluate.calibration_bins"
+            "evaluate.batch_size",
+            *BOOTSTRAP,
+            "evaluate.calibration_bins",
+            "runtime.precision",
         ),
     message:
         "Evaluating {wildcards.model} on {wildcards.split}"

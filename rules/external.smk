@@ -72,6 +72,7 @@ rule evaluate_ieee8023_viral:
             *BOOTSTRAP,
             "evaluate.calibration_bins",
             "report.dpi",
+            "runtime.precision",
         ),
     message:
         "Scoring ieee8023 adult non-COVID viral pneumonia with model_03"
@@ -128,6 +129,7 @@ rule evaluate_ieee8023_adult:
             *BOOTSTRAP,
             "evaluate.calibration_bins",
             "report.dpi",
+            "runtime.precision",
         ),
     message:
         "Within-source check: model_03 on ieee8023 non-COVID adults"
@@ -179,6 +181,7 @@ rule evaluate_external:
             *BOOTSTRAP,
             "evaluate.calibration_bins",
             "report.dpi",
+            "runtime.precision",
         ),
     message:
         "Scoring the external test set with model_03"

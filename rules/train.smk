@@ -1,5 +1,6 @@
 # Training: store -> features -> model_01 -> model_02 -> model_03. Rules only shell out to
-# scripts/ (no TensorFlow at parse time); every parameter comes from config section train.
+# scripts/ (no TensorFlow at parse time); every parameter comes from config section train
+# (and runtime.precision).
 
 STAGES = ["model_01", "model_02", "model_03"]
 TRAIN = config["train"]
@@ -35,7 +36,10 @@ rule features:
         runtime=60,
     params:
         options=config_params(
-            "train.cache_features", "train.realtime_augmentation", "train.batch_size"
+            "train.cache_features",
+            "train.realtime_augmentation",
+            "train.batch_size",
+            "runtime.precision",
         ),
     message:
         with_resources(
@@ -117,6 +121,7 @@ for stage, previous in zip(STAGES, [None, *STAGES]):
                 f"train.{stage}.decay",
                 f"train.{stage}.momentum",
                 f"train.{stage}.nesterov",
+                "runtime.precision",
             ),
         message:
             with_resources(

@@ -6,6 +6,8 @@ Entry point shared by Snakemake and DVC; options named like the config keys (sec
 
 import argparse
 
+from cxr.runtime import PRECISION_OPTION
+
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--model", required=True, help="trained model (.keras)")
 p.add_argument("--store", required=True, help="test store (.npz)")
@@ -16,11 +18,13 @@ p.add_argument("--bootstrap_resamples", type=int, required=True)
 p.add_argument("--bootstrap_seed", type=int, required=True)
 p.add_argument("--confidence", type=float, required=True)
 p.add_argument("--threads", type=int, default=1)
+p.add_argument("--precision", **PRECISION_OPTION)
 a = p.parse_args()
 
-from cxr.runtime import configure_threads  # noqa: E402
+from cxr.runtime import apply_precision, configure_threads  # noqa: E402
 
 configure_threads(a.threads)
+apply_precision(a.precision)
 
 from cxr.audit import masked_result  # noqa: E402
 from cxr.gradcam import check_box, mask_box  # noqa: E402

@@ -5,12 +5,15 @@ Entry point shared by Snakemake and DVC; options named like the config keys (sec
 row, writes --predictions at full precision, reads that table back and computes every metric
 from it: --metrics (proportions with Wilson intervals on the patient design effect's
 effective sample size, ROC AUC with Newcombe's interval on patient counts, calibration;
-:func:`cxr.metrics.table_summary`) and the plot tables --roc, --pr, --calibration (CSV). Writes
-only its output paths (via temporary names).
+:func:`cxr.metrics.table_summary`; the precision the model was trained and scored in) and
+the plot tables --roc, --pr, --calibration (CSV). Writes only its output paths (via temporary
+names).
 """
 
 import argparse
 from pathlib import Path
+
+from cxr.runtime import PRECISION_OPTION
 
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--model", required=True, help="trained model (.keras)")
@@ -26,15 +29,18 @@ p.add_argument("--bootstrap_seed", type=int, required=True)
 p.add_argument("--confidence", type=float, required=True, help="interval level, e.g. 0.95")
 p.add_argument("--calibration_bins", type=int, required=True, help="equal-width p_covid bins")
 p.add_argument("--threads", type=int, default=1)
+p.add_argument("--precision", **PRECISION_OPTION)
 a = p.parse_args()
 
-from cxr.runtime import configure_threads  # noqa: E402
+from cxr.runtime import apply_precision, configure_threads  # noqa: E402
 
 configure_threads(a.threads)
+precision = apply_precision(a.precision)
 
 import numpy as np  # noqa: E402
 
 from cxr import LABEL_INDEX  # noqa: E402
+from cxr.io import saved_precision  # noqa: E402
 from cxr.metrics import (  # noqa: E402
     format_interval,
     predictions_frame,
@@ -60,7 +66,12 @@ p_covid = np.clip(probs[:, 1].astype(float), 0.0, 1.0)
 # One stored table of unrounded predictions: every metric is computed from it as read back.
 write_predictions(predictions_frame(store, p_covid), a.predictions)
 table = read_predictions(a.predictions)
-metrics = {"model": Path(a.model).stem, "split": Path(a.store).stem}
+metrics = {
+    "model": Path(a.model).stem,
+    "split": Path(a.store).stem,
+    # The dtype policy the model was trained in (recorded in its file) and scored in here.
+    "precision": {"trained": saved_precision(a.model), "scored": precision},
+}
 metrics.update(
     table_summary(
         table,

@@ -35,6 +35,7 @@ import sys
 from pathlib import Path
 
 from cxr.cli import boolean
+from cxr.runtime import PRECISION_OPTION
 
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("mode", choices=["ieee8023", "ieee8023_adult", "table"])
@@ -69,6 +70,7 @@ p.add_argument("--confidence", type=float, required=True)
 p.add_argument("--calibration_bins", type=int, required=True)
 p.add_argument("--dpi", type=int, required=True)
 p.add_argument("--threads", type=int, default=1)
+p.add_argument("--precision", **PRECISION_OPTION)
 a = p.parse_args()
 need = {
     "ieee8023": ["excluded", "covid_dir", "test_predictions", "ieee8023_viral_findings", "views"],
@@ -86,9 +88,10 @@ missing = [f"--{k}" for k in need if getattr(a, k) is None]
 if missing:
     p.error(f"mode {a.mode} needs {' '.join(missing)}")
 
-from cxr.runtime import configure_threads  # noqa: E402
+from cxr.runtime import apply_precision, configure_threads  # noqa: E402
 
 configure_threads(a.threads)
+apply_precision(a.precision)
 
 import pandas as pd  # noqa: E402
 

@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from cxr.cli import boolean
+from cxr.runtime import PRECISION_OPTION
 
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--stores", nargs="+", required=True, help="split stores (.npz)")
@@ -29,6 +30,7 @@ p.add_argument(
 p.add_argument("--layers", nargs="+", default=None, help="base layers (default: CACHE_LAYERS)")
 p.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
 p.add_argument("--threads", type=int, default=1, help="TF thread pools")
+p.add_argument("--precision", **PRECISION_OPTION)
 a = p.parse_args()
 if len(a.out) != len(a.stores):
     p.error(f"--out needs one path per store: {len(a.stores)} stores, {len(a.out)} paths")
@@ -43,9 +45,10 @@ if off is not None:
         print(f"{out}: feature cache off ({off})")
     sys.exit(0)
 
-from cxr.runtime import configure_threads  # noqa: E402
+from cxr.runtime import apply_precision, configure_threads  # noqa: E402
 
 configure_threads(a.threads)
+apply_precision(a.precision)
 
 import time  # noqa: E402
 

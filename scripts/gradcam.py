@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from cxr.runtime import PRECISION_OPTION
+
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--model", required=True, help="trained model (.keras)")
 p.add_argument("--store", required=True, help="test store (.npz)")
@@ -23,11 +25,13 @@ p.add_argument("--lung_box", type=float, nargs=4, required=True, metavar=("X0", 
 p.add_argument("--batch_size", type=int, required=True)
 p.add_argument("--dpi", type=int, required=True)
 p.add_argument("--threads", type=int, default=1)
+p.add_argument("--precision", **PRECISION_OPTION)
 a = p.parse_args()
 
-from cxr.runtime import configure_threads  # noqa: E402
+from cxr.runtime import apply_precision, configure_threads  # noqa: E402
 
 configure_threads(a.threads)
+apply_precision(a.precision)
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402

@@ -7,7 +7,9 @@ its config key (config.yaml, section ``train`` and ``train.model_0N``). Writes -
 (the VGG19 ImageNet notop .h5), later stages from --init (the previous stage's .keras).
 
 Killed at any point (``kill -9``, a SLURM time limit or preemption), the same command run
-again resumes after the last completed epoch (``cxr.train.train_stage``). Trains on every GPU
+again resumes after the last completed epoch (``cxr.train.train_stage``); with another
+--precision (config ``runtime.precision``, ``auto`` resolved and logged here) or --threads it
+refuses, naming both. Trains on every GPU
 it sees (``--devices auto``): several -> ``MirroredStrategy``, the global --batch_size split
 evenly over them.
 
@@ -22,6 +24,7 @@ import os
 import sys
 
 from cxr.cli import boolean, optional
+from cxr.runtime import PRECISION_OPTION
 
 
 def frozen(text: str) -> int | str:
@@ -96,14 +99,16 @@ p.add_argument(
     help="feature caches of the features rule (scripts/features.py) for --cache_features;"
     " default, or when they do not fit this stage: computed here",
 )
+p.add_argument("--precision", **PRECISION_OPTION)
 a = p.parse_args()
 # One line at a time into the log, so a killed job's log shows how far it got.
 sys.stdout.reconfigure(line_buffering=True)
 
 # Thread pools first: TensorFlow fixes them when its runtime starts.
-from cxr.runtime import configure_threads  # noqa: E402
+from cxr.runtime import apply_precision, configure_threads  # noqa: E402
 
 configure_threads(a.threads)
+a.precision = apply_precision(a.precision)
 
 import tensorflow as tf  # noqa: E402
 
