@@ -183,6 +183,31 @@ def atomic_path(path) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(path) -> Iterator[Path]:
+    """Context manager yielding a fresh temporary folder to build the folder ``path`` in.
+
+    The temporary folder is ``<name>.tmp`` beside ``path`` (emptied first: a leftover of a
+    killed run). On a normal exit ``path`` (if any) is removed and the temporary folder renamed
+    onto it; on an exception the temporary folder is removed and ``path`` is left as it was, so
+    a failed step keeps nothing of what it fetched. The rename of a folder onto a removed one is
+    two steps, not one: a crash between them leaves no ``path`` (a rerun rebuilds it), never a
+    half-filled one.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_bytes(data: bytes, path) -> None:
     """Write ``data`` to ``path`` atomically; the folder is created."""
     with atomic_path(path) as tmp:

@@ -5,7 +5,14 @@ Kermany, NIH, weights) and the download error messages they share; splitting per
 would scatter the one checksum and mirror policy.
 
 This module only writes under the output folder it is given (``data/raw/...``,
-``models/pretrained/``). It never writes into a mirror: files are copied out of it.
+``models/pretrained/``), the download cache and the lock files. It never writes into a mirror:
+files are copied out of it.
+
+Pins: every downloaded file is checked against a sha256 pinned in config or in the committed
+lock file of its source, ``<locks>/<source>.sha256`` (:class:`UpstreamLock`); a file without
+one is recorded there on its first download (trust on first use). A file that differs from its
+pin stops the run, and nothing of the run is kept (:func:`fetch_pinned`,
+:func:`cxr.io.atomic_dir`).
 
 Sources
 -------
@@ -33,7 +40,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
-from cxr.io import atomic_path, read_input_csv, write_text
+from cxr.io import atomic_dir, atomic_path, read_input_csv, write_text
 
 COVID_DIR = "covid-chestxray-dataset"
 KERMANY_DIR = "chest_xray"
@@ -55,6 +62,9 @@ WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 WEIGHTS_MD5 = "253f8cb515780f3b799900260a226db6"
 WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/vgg19/" + WEIGHTS_FILE
 LOCK_NAME = "SHA256SUMS"
+#: Default folder of the committed upstream lock files, one ``<source>.sha256`` per source
+#: (config ``acquire.locks``; :class:`UpstreamLock`).
+LOCKS_DIR = "locks"
 
 
 #: What to do when a download fails: the README's way to a local copy.
@@ -230,6 +240,114 @@ def safe_extract(zip_path, out_dir, select) -> int:
     return n
 
 
+class LockError(ValueError):
+    """A lock file line that is not ``<sha256>  <url>``; the message names the file and line."""
+
+
+class UpstreamLock:
+    """The committed pins of one source's upstream files: ``<locks>/<source>.sha256``.
+
+    One line per file, ``<sha256>  <url>`` (sha256sum's format, the URL as the name); lines
+    starting with ``#`` are comments, kept when the file is rewritten. A URL listed here is
+    checked on every download (:func:`fetch_pinned`): a different file stops the run. A URL
+    not listed is recorded on its first download (trust on first use, as ``dvc.lock`` does):
+    the user commits the file, and every later download is held to it. New pins are written
+    by :meth:`save` only after the whole source was fetched and verified.
+
+    Raises
+    ------
+    LockError naming the file and line of a malformed line.
+    """
+
+    def __init__(self, locks_dir, source: str):
+        self.path = Path(locks_dir) / f"{source}.sha256"
+        self.source = source
+        self.header: list[str] = []
+        self.pins: dict[str, str] = {}
+        self.new: dict[str, str] = {}
+        if self.path.is_file():
+            for n, line in enumerate(self.path.read_text().splitlines(), 1):
+                if line.startswith("#"):
+                    self.header.append(line)
+                    continue
+                if not line.strip():
+                    continue
+                digest, sep, url = line.partition("  ")
+                if not sep or not re.fullmatch(r"[0-9a-f]{64}", digest) or not url.strip():
+                    raise LockError(f"{self.path}:{n}: expected '<sha256>  <url>', got {line!r}")
+                self.pins[url.strip()] = digest
+
+    def expected(self, url: str) -> str | None:
+        """The pinned sha256 of ``url`` (hex), or None if it is not listed."""
+        return self.pins.get(url)
+
+    def record(self, url: str, sha256: str) -> None:
+        """Note the sha256 of a first download of ``url``; written by :meth:`save`."""
+        self.new[url] = sha256
+
+    def save(self) -> int:
+        """Add the recorded pins to the lock file (sorted by URL); returns how many were new."""
+        if not self.new:
+            return 0
+        self.pins.update(self.new)
+        header = self.header or [
+            f"# Upstream pins of the source {self.source}: '<sha256>  <url>', one a line"
+            " (cxr.sources.UpstreamLock; docs/pipeline.md). Commit this file."
+        ]
+        lines = header + [f"{digest}  {url}" for url, digest in sorted(self.pins.items())]
+        write_text("\n".join(lines) + "\n", self.path)
+        n, self.new = len(self.new), {}
+        print(
+            f"acquire: recorded {n} new pin(s) in {self.path} (trust on first use):"
+            " commit it, and later downloads are checked against it"
+        )
+        return n
+
+
+def _hex(pin: str) -> str:
+    """A pin as lower-case hex (``sha256:`` prefix dropped)."""
+    return pin.lower().removeprefix("sha256:")
+
+
+def fetch_pinned(url: str, path, lock: UpstreamLock, pin: str | None = None) -> Path:
+    """Download ``url`` to ``path`` and check it against its pin; record it if it has none.
+
+    The pin is ``pin`` (a sha256 from config, hex, optionally ``sha256:``-prefixed) or the
+    lock's entry for ``url``; pooch checks it (``known_hash``) and keeps no mismatching file.
+    With neither, the file's sha256 is recorded in ``lock`` (trust on first use).
+
+    Raises
+    ------
+    DownloadError naming the URL and the cause: ``checksum mismatch (expected <pin>, got
+    <sha256>)`` when the upstream file is not the pinned one (``path`` is then removed, also
+    an older copy left there), ``pins disagree`` when config and lock name two hashes, or the
+    network cause (:func:`describe_download_error`).
+    """
+    listed = lock.expected(url)
+    if pin and listed and _hex(pin) != listed:
+        raise DownloadError(
+            url,
+            f"pins disagree (config sha256 {_hex(pin)}, {lock.path} {listed})",
+            hint="correct the wrong one",
+        )
+    expected = pin or listed
+    try:
+        got = Path(_download(url, expected and "sha256:" + _hex(expected), path))
+    except DownloadError as err:
+        if not err.cause.startswith("checksum mismatch"):
+            raise
+        Path(path).unlink(missing_ok=True)
+        where = "config" if pin else str(lock.path)
+        hint = (
+            f"the upstream file is not the one pinned in {where}; nothing was kept. Update the"
+            f" pin only after checking the new file; {MIRROR_HINT}"
+        )
+        raise DownloadError(url, err.cause, err.status, hint) from err.__cause__
+    if expected is None:
+        lock.record(url, file_hash(got))
+    return got
+
+
 def _download(url: str, known_hash: str | None, path):
     """Download ``url`` to ``path`` with pooch; a wrong hash means a fresh download.
 
@@ -251,71 +369,82 @@ def _download(url: str, known_hash: str | None, path):
         raise DownloadError(url, cause, status) from exc
 
 
-def acquire_covid(out_dir, *, mirror=None, base_url: str) -> int:
+def acquire_covid(out_dir, *, mirror=None, base_url: str, locks=LOCKS_DIR) -> int:
     """Fetch the covid-chestxray-dataset (``metadata.csv`` + ``images/``) into ``out_dir``.
 
     With ``mirror``, copies ``<mirror>/covid-chestxray-dataset/`` verified against the mirror's
     ``SHA256SUMS``. Without, downloads ``metadata.csv`` and each X-ray file it names from
-    ``base_url`` (a pinned commit); files the upstream lacks (HTTP 404: CT volumes, files too
-    large for the repository) are skipped, one line each, and later reported as missing by the
-    manifest step. Writes ``out_dir/SHA256SUMS`` (the hashes of what was fetched). Returns the
+    ``base_url`` (a pinned commit), each checked against ``<locks>/ieee8023.sha256`` or recorded
+    there on its first download (:func:`fetch_pinned`); files the upstream lacks (HTTP 404: CT
+    volumes, files too large for the repository) are skipped, one line each, and later reported
+    as missing by the manifest step. Writes ``out_dir/SHA256SUMS`` (the hashes of what was
+    fetched). ``out_dir`` is built whole or not at all (:func:`cxr.io.atomic_dir`). Returns the
     number of files.
 
     Raises
     ------
-    DownloadError for ``metadata.csv``, or for any image that fails other than by a 404 (no
-    network, a refused connection): such a run would otherwise "succeed" with no images.
+    DownloadError for ``metadata.csv``, for a file that is not the pinned one, or for any image
+    that fails other than by a 404 (no network, a refused connection): such a run would
+    otherwise "succeed" with no images.
     cxr.io.InputEncodingError when the downloaded ``metadata.csv`` is not UTF-8.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if mirror:
-        return copy_from_mirror(mirror, COVID_DIR, out_dir)
-    _download(base_url + "metadata.csv", None, out_dir / "metadata.csv")
-    meta = read_input_csv(out_dir / "metadata.csv", dtype=str)
-    n = 1
-    for fname in sorted(set(meta.loc[meta["modality"] == "X-ray", "filename"].dropna())):
-        try:
-            _download(f"{base_url}images/{fname}", None, out_dir / "images" / fname)
-            n += 1
-        except DownloadError as err:
-            if err.status != 404:
-                raise
-            print(f"acquire: {err.url}: {err.cause}; the manifest will list it as missing")
-    write_sums(out_dir)
+        with atomic_dir(out_dir) as tmp:
+            return copy_from_mirror(mirror, COVID_DIR, tmp)
+    lock = UpstreamLock(locks, "ieee8023")
+    with atomic_dir(out_dir) as tmp:
+        fetch_pinned(base_url + "metadata.csv", tmp / "metadata.csv", lock)
+        meta = read_input_csv(tmp / "metadata.csv", dtype=str)
+        n = 1
+        for fname in sorted(set(meta.loc[meta["modality"] == "X-ray", "filename"].dropna())):
+            try:
+                fetch_pinned(f"{base_url}images/{fname}", tmp / "images" / fname, lock)
+                n += 1
+            except DownloadError as err:
+                if err.status != 404:
+                    raise
+                print(f"acquire: {err.url}: {err.cause}; the manifest will list it as missing")
+        write_sums(tmp)
+    lock.save()
     return n
 
 
-def acquire_kermany(out_dir, *, mirror=None, url: str, sha256: str | None = None) -> int:
+def acquire_kermany(
+    out_dir, *, mirror=None, url: str, sha256: str | None = None, locks=LOCKS_DIR
+) -> int:
     """Fetch the Kermany viral pneumonia X-rays into ``out_dir/{train,test}/PNEUMONIA/``.
 
     With ``mirror``, copies the ``personN_virus_M.jpeg`` files of ``<mirror>/chest_xray/``,
-    verified. Without, downloads the archive (pooch; ``sha256`` checked if given) and extracts
-    only those files, safely (:func:`safe_extract`). Returns the number of files.
+    verified. Without, downloads the archive (pooch, into ``$CXR_DOWNLOADS``, default
+    ``data/downloads/``), checked against ``sha256`` if given, else against
+    ``<locks>/kermany.sha256`` or recorded there on first download (:func:`fetch_pinned`), and
+    extracts only those files, safely (:func:`safe_extract`). ``out_dir`` is built whole or not
+    at all. Returns the number of files.
 
     Raises
     ------
     DownloadError naming the URL and the cause (no network, HTTP status, checksum).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if mirror:
-        return copy_from_mirror(
-            mirror,
-            KERMANY_DIR,
-            out_dir,
-            keep=lambda rel: bool(KERMANY_VIRUS.search("chest_xray/" + rel)),
-        )
-    archive = _download(
-        url, sha256, Path(os.environ.get("CXR_DOWNLOADS", "data/downloads")) / "ChestXRay2017.zip"
-    )
+        with atomic_dir(out_dir) as tmp:
+            return copy_from_mirror(
+                mirror,
+                KERMANY_DIR,
+                tmp,
+                keep=lambda rel: bool(KERMANY_VIRUS.search("chest_xray/" + rel)),
+            )
+    lock = UpstreamLock(locks, "kermany")
+    downloads = Path(os.environ.get("CXR_DOWNLOADS", "data/downloads"))
+    archive = fetch_pinned(url, downloads / "ChestXRay2017.zip", lock, pin=sha256)
 
     def select(name):
         m = KERMANY_VIRUS.search(name)
         return m.group(1) if m else None
 
-    n = safe_extract(archive, out_dir, select)
-    write_sums(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        n = safe_extract(archive, tmp, select)
+        write_sums(tmp)
+    lock.save()
     return n
 
 
@@ -331,19 +460,22 @@ def acquire_nih(
     images_base_url: str,
     metadata_url: str,
     metadata_sha256: str | None = None,
+    locks=LOCKS_DIR,
 ) -> int:
     """Fetch the NIH adult-control images and the NIH metadata into ``out_dir``.
 
     Layout written (no spaces in paths): ``out_dir/No_findings/*.png``,
     ``out_dir/Pneumonia/*.png``, ``out_dir/Data_Entry_2017_v2020.csv.gz`` and
-    ``out_dir/SHA256SUMS`` (the hashes of what was fetched: the lock file).
+    ``out_dir/SHA256SUMS`` (the hashes of what was fetched).
 
     With ``mirror``, copies ``<mirror>/darkcovidnet/X-Ray Image DataSet/{No_findings,Pneumonia}/``
     and ``<mirror>/nih-chestxray/Data_Entry_2017_v2020.csv.gz``, verified against the mirror's
     ``SHA256SUMS`` (the mirror's images are downscaled: its hashes, not upstream's). Without,
     downloads each file of :func:`darkcovidnet_files` from ``images_base_url`` (the repository
-    root at a pinned commit; ``X-Ray Image DataSet/`` is URL-quoted) and the metadata from
-    ``metadata_url``, checked against ``metadata_sha256`` (None: not checked, recorded only).
+    root at a pinned commit; ``X-Ray Image DataSet/`` is URL-quoted), each checked against
+    ``<locks>/nih.sha256`` or recorded there on first download, and the metadata from
+    ``metadata_url``, checked against ``metadata_sha256`` (None: the lock, as the images).
+    ``out_dir`` is built whole or not at all.
 
     Returns
     -------
@@ -354,25 +486,27 @@ def acquire_nih(
     DownloadError naming the URL and the cause; every file is listed at the pinned commit, so
     a 404 stops the run too (a wrong pin). ChecksumError / FileNotFoundError from the mirror.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if mirror:
         wanted = set(darkcovidnet_files())
         prefix = DARKCOVIDNET_FOLDER + "/"
-        n = copy_from_mirror(
-            mirror,
-            DARKCOVIDNET_DIR,
-            out_dir,
-            keep=lambda rel: rel.removeprefix(prefix) in wanted,
-            dest=lambda rel: rel.removeprefix(prefix),
-        )
         keep = lambda rel: rel == NIH_METADATA  # noqa: E731
-        return n + copy_from_mirror(mirror, NIH_METADATA_DIR, out_dir, keep=keep)
-    for rel in darkcovidnet_files():
-        url = images_base_url + quote(f"{DARKCOVIDNET_FOLDER}/{rel}")
-        _download(url, None, out_dir / rel)
-    _download(metadata_url, metadata_sha256, out_dir / NIH_METADATA)
-    write_sums(out_dir)
+        with atomic_dir(out_dir) as tmp:
+            n = copy_from_mirror(
+                mirror,
+                DARKCOVIDNET_DIR,
+                tmp,
+                keep=lambda rel: rel.removeprefix(prefix) in wanted,
+                dest=lambda rel: rel.removeprefix(prefix),
+            )
+            return n + copy_from_mirror(mirror, NIH_METADATA_DIR, tmp, keep=keep)
+    lock = UpstreamLock(locks, "nih")
+    with atomic_dir(out_dir) as tmp:
+        for rel in darkcovidnet_files():
+            url = images_base_url + quote(f"{DARKCOVIDNET_FOLDER}/{rel}")
+            fetch_pinned(url, tmp / rel, lock)
+        fetch_pinned(metadata_url, tmp / NIH_METADATA, lock, pin=metadata_sha256)
+        write_sums(tmp)
+    lock.save()
     return len(darkcovidnet_files()) + 1
 
 

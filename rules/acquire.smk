@@ -1,4 +1,5 @@
-# Raw inputs, checksummed: downloaded from the pinned upstreams, or copied from `mirror:`.
+# Raw inputs, checksummed: downloaded from the pinned upstreams (each file checked against
+# its pin in acquire.locks, or recorded there on first download), or copied from `mirror:`.
 # A failed download is one line in the log (URL, cause, what to do); its traceback goes to
 # logs/acquire_<what>.traceback, not declared as a log, so that --show-failed-logs prints
 # the one line only.
@@ -20,7 +21,7 @@ rule acquire_covid:
     conda:
         "../envs/cxr.yaml"
     params:
-        options=config_params("acquire.covid_base_url", "mirror"),
+        options=config_params("acquire.covid_base_url", "acquire.locks", "mirror"),
     message:
         "Acquiring the covid-chestxray-dataset"
     shell:
@@ -37,7 +38,9 @@ rule acquire_kermany:
     conda:
         "../envs/cxr.yaml"
     params:
-        options=config_params("acquire.kermany_url", "acquire.kermany_sha256", "mirror"),
+        options=config_params(
+            "acquire.kermany_url", "acquire.kermany_sha256", "acquire.locks", "mirror"
+        ),
     message:
         "Acquiring the Kermany viral pneumonia X-rays"
     shell:
@@ -59,6 +62,7 @@ rule acquire_nih:
             "acquire.nih_images_base_url",
             "acquire.nih_metadata_url",
             "acquire.nih_metadata_sha256",
+            "acquire.locks",
             "mirror",
         ),
     message:

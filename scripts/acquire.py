@@ -3,6 +3,8 @@
 Usage: python scripts/acquire.py {covid,kermany,nih,weights} --out PATH [--mirror DIR] [...]
 Options are named for the config keys (mirror, acquire.*, pretrained_weights). A failed
 download is one line on stderr (URL, cause, what to do); the traceback goes to --traceback.
+Downloads are checked against the pins of --locks/<source>.sha256 (or a sha256 option), and
+files without a pin are recorded there on first download (cxr.sources.UpstreamLock).
 """
 
 import argparse
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from cxr import sources
 from cxr.cli import optional
+from cxr.io import InputEncodingError
 
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("what", choices=["covid", "kermany", "nih", "weights"])
@@ -23,6 +26,11 @@ p.add_argument("--kermany_sha256", type=optional(), help="expected sha256 of tha
 p.add_argument("--nih_images_base_url", help="nih: upstream base URL of the darkcovidnet PNGs")
 p.add_argument("--nih_metadata_url", help="nih: Data_Entry_2017_v2020.csv.gz URL")
 p.add_argument("--nih_metadata_sha256", type=optional(), help="nih: sha256 of that file")
+p.add_argument(
+    "--locks",
+    default=sources.LOCKS_DIR,
+    help="folder of the committed upstream lock files <source>.sha256 (downloads only)",
+)
 p.add_argument("--pretrained_weights", type=optional(), help="local VGG19 notop .h5 to copy")
 p.add_argument(
     "--traceback",
@@ -34,10 +42,10 @@ a = p.parse_args()
 
 try:
     if a.what == "covid":
-        n = sources.acquire_covid(a.out, mirror=a.mirror, base_url=a.covid_base_url)
+        n = sources.acquire_covid(a.out, mirror=a.mirror, base_url=a.covid_base_url, locks=a.locks)
     elif a.what == "kermany":
         n = sources.acquire_kermany(
-            a.out, mirror=a.mirror, url=a.kermany_url, sha256=a.kermany_sha256
+            a.out, mirror=a.mirror, url=a.kermany_url, sha256=a.kermany_sha256, locks=a.locks
         )
     elif a.what == "nih":
         n = sources.acquire_nih(
@@ -46,10 +54,17 @@ try:
             images_base_url=a.nih_images_base_url,
             metadata_url=a.nih_metadata_url,
             metadata_sha256=a.nih_metadata_sha256,
+            locks=a.locks,
         )
     else:
         n = sources.acquire_weights(a.out, source=a.pretrained_weights)
-except (sources.DownloadError, sources.ChecksumError, FileNotFoundError) as err:
+except (
+    sources.DownloadError,
+    sources.ChecksumError,
+    sources.LockError,
+    InputEncodingError,
+    FileNotFoundError,
+) as err:
     # One line that says what failed and what to do; the traceback only where asked for.
     if a.traceback:
         Path(a.traceback).parent.mkdir(parents=True, exist_ok=True)

@@ -110,3 +110,20 @@ def test_the_same_model_saves_to_the_same_bytes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.keras", "b.keras", "c.keras"]
     with pytest.raises(ValueError, match=".keras"):
         save_keras(a, tmp_path / "a.h5")
+
+
+def test_atomic_dir_replaces_whole_or_leaves_the_old_folder(tmp_path):
+    from cxr.io import atomic_dir
+
+    out = tmp_path / "raw"
+    with atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("first")
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]
+    with pytest.raises(RuntimeError, match="cut"), atomic_dir(out) as tmp:
+        (tmp / "b.txt").write_text("half")
+        raise RuntimeError("cut")
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]  # the old folder, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no staging folder left
+    with atomic_dir(out) as tmp:
+        (tmp / "c.txt").write_text("second")
+    assert sorted(p.name for p in out.iterdir()) == ["c.txt"]

@@ -312,7 +312,7 @@ def test_nih_download_quotes_the_folder_and_checks_the_metadata(http_server, tmp
     (www / "meta.csv.gz").write_bytes(b"metadata bytes")
     good = hashlib.sha256(b"metadata bytes").hexdigest()
     out = tmp_path / "nih"
-    kw = {"images_base_url": url, "metadata_url": url + "meta.csv.gz"}
+    kw = {"images_base_url": url, "metadata_url": url + "meta.csv.gz", "locks": tmp_path / "locks"}
     assert sources.acquire_nih(out, metadata_sha256=good, **kw) == 3
     assert (out / "Pneumonia/00000001_001.png").read_bytes() == b"b"
     assert sources.read_sums(out / "SHA256SUMS")["Data_Entry_2017_v2020.csv.gz"] == good
@@ -322,3 +322,125 @@ def test_nih_download_quotes_the_folder_and_checks_the_metadata(http_server, tmp
     (www / "X-Ray Image DataSet/Pneumonia/00000001_001.png").unlink()
     with pytest.raises(sources.DownloadError, match="X-Ray%20Image%20DataSet/Pneumonia.*404"):
         sources.acquire_nih(tmp_path / "nih3", metadata_sha256=good, **kw)
+
+
+# --- every download pinned: committed lock files (trust on first use), tampering stops -------
+
+
+def _serve_covid(www, image: bytes = b"png bytes") -> dict[str, bytes]:
+    files = {"metadata.csv": b"modality,filename\nX-ray,a.png\n", "images/a.png": image}
+    for rel, data in files.items():
+        (www / rel).parent.mkdir(parents=True, exist_ok=True)
+        (www / rel).write_bytes(data)
+    return files
+
+
+def test_first_download_records_pins_and_later_ones_are_held_to_them(http_server, tmp_path):
+    url, www = http_server
+    files = _serve_covid(www)
+    locks = tmp_path / "locks"
+    assert sources.acquire_covid(tmp_path / "raw", base_url=url, locks=locks) == 2
+    lock = sources.UpstreamLock(locks, "ieee8023")
+    assert lock.pins == {url + rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
+    text = (locks / "ieee8023.sha256").read_text()
+    assert text.startswith("# Upstream pins of the source ieee8023")
+    assert f"{hashlib.sha256(b'png bytes').hexdigest()}  {url}images/a.png\n" in text
+    # The same files again: checked against the lock, which stays as it was.
+    assert sources.acquire_covid(tmp_path / "raw2", base_url=url, locks=locks) == 2
+    assert (locks / "ieee8023.sha256").read_text() == text
+
+
+def test_tampered_upstream_file_stops_the_run_and_keeps_nothing(http_server, tmp_path):
+    url, www = http_server
+    good = b"png bytes"
+    _serve_covid(www, image=good)
+    locks = tmp_path / "locks"
+    sources.acquire_covid(tmp_path / "first", base_url=url, locks=locks)
+    lock_text = (locks / "ieee8023.sha256").read_text()
+    (www / "images/a.png").write_bytes(b"tampered")  # upstream changed after it was pinned
+    out = tmp_path / "raw"
+    rc, log = _acquire(
+        tmp_path, "covid", "--out", str(out), "--covid_base_url", url, "--locks", str(locks)
+    )
+    assert rc == 1
+    expected = hashlib.sha256(good).hexdigest()
+    got = hashlib.sha256(b"tampered").hexdigest()
+    _one_failure_line(
+        log, url + "images/a.png", f"checksum mismatch (expected sha256:{expected}, got {got})"
+    )
+    assert f"not the one pinned in {locks / 'ieee8023.sha256'}" in log
+    # Nothing kept: no output folder, no staging folder, no stray file; the lock unchanged.
+    assert not out.exists() and not (tmp_path / "raw.tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["www", "locks", "first", "traceback.txt"]
+    )
+    assert (locks / "ieee8023.sha256").read_text() == lock_text
+
+
+def test_a_failed_run_records_no_pin(http_server, tmp_path):
+    # metadata.csv is new (would be recorded), the image then fails: nothing is written.
+    url, www = http_server
+    (www / "metadata.csv").write_bytes(b"modality,filename\nX-ray,a.png\n")
+    (www / "images").mkdir()
+    (www / "images/a.png").write_bytes(b"x")
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    (locks / "ieee8023.sha256").write_text(f"{'0' * 64}  {url}images/a.png\n")
+    with pytest.raises(sources.DownloadError, match="images/a.png: checksum mismatch"):
+        sources.acquire_covid(tmp_path / "raw", base_url=url, locks=locks)
+    assert (locks / "ieee8023.sha256").read_text() == f"{'0' * 64}  {url}images/a.png\n"
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "raw.tmp").exists()
+
+
+def test_kermany_archive_pinned_on_first_download(http_server, tmp_path, monkeypatch):
+    url, www = http_server
+    z = _zip(www / "k.zip", [("chest_xray/train/PNEUMONIA/person1_virus_2.jpeg", b"v")])
+    digest = hashlib.sha256(z.read_bytes()).hexdigest()
+    monkeypatch.setenv("CXR_DOWNLOADS", str(tmp_path / "dl"))
+    locks = tmp_path / "locks"
+    assert sources.acquire_kermany(tmp_path / "k1", url=url + "k.zip", locks=locks) == 1
+    assert sources.UpstreamLock(locks, "kermany").pins == {url + "k.zip": digest}
+    # A new archive upstream: refused, and the cached old copy is not reused or kept either.
+    _zip(www / "k.zip", [("chest_xray/train/PNEUMONIA/person9_virus_9.jpeg", b"w")])
+    (tmp_path / "dl/ChestXRay2017.zip").write_bytes(b"an older, cut-short copy")
+    with pytest.raises(sources.DownloadError, match=f"expected sha256:{digest}, got"):
+        sources.acquire_kermany(tmp_path / "k2", url=url + "k.zip", locks=locks)
+    assert not (tmp_path / "k2").exists() and not (tmp_path / "dl/ChestXRay2017.zip").exists()
+
+
+def test_config_pin_and_lock_pin_must_agree(tmp_path):
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    (locks / "kermany.sha256").write_text(f"{'a' * 64}  http://127.0.0.1:9/k.zip\n")
+    with pytest.raises(sources.DownloadError, match="pins disagree"):
+        sources.acquire_kermany(
+            tmp_path / "k", url="http://127.0.0.1:9/k.zip", sha256="b" * 64, locks=locks
+        )
+
+
+def test_malformed_lock_line_names_file_and_line(tmp_path):
+    (tmp_path / "nih.sha256").write_text("# header\n" + "a" * 64 + "  http://x/y\nnot a pin\n")
+    with pytest.raises(sources.LockError, match=r"nih.sha256:3: expected '<sha256>  <url>'"):
+        sources.UpstreamLock(tmp_path, "nih")
+
+
+def test_committed_known_pins_are_the_mirror_files_it_kept_unchanged(mirror):
+    # The ieee8023 pins known in advance: metadata.csv, and the images under 640 px (the
+    # mirror downscaled only larger ones, so these bytes are upstream's).
+    from PIL import Image
+
+    lock = sources.UpstreamLock(REPO / "locks", "ieee8023")
+    sums = sources.read_sums(mirror / "SHA256SUMS")
+    import yaml
+
+    base = yaml.safe_load((REPO / "config.yaml").read_text())["acquire"]["covid_base_url"]
+    assert lock.pins[base + "metadata.csv"] == sums["covid-chestxray-dataset/metadata.csv"]
+    images = {u.removeprefix(base) for u in lock.pins} - {"metadata.csv"}
+    assert len(images) == 116
+    for rel in images:
+        name = f"{sources.COVID_DIR}/{rel}"
+        assert lock.pins[base + rel] == sums[name]
+        with Image.open(mirror / name) as im:
+            assert max(im.size) < 640, name
+    for source in ("kermany", "nih"):  # nothing known in advance: trust on first use
+        assert sources.UpstreamLock(REPO / "locks", source).pins == {}
